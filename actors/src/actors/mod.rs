@@ -1,0 +1,7 @@
+//! The actors of a node, one per file.
+
+pub mod admin;
+pub mod node_supervisor;
+pub mod router;
+pub mod vnode;
+pub mod vnode_supervisor;

@@ -1,0 +1,225 @@
+//! NodeSupervisor: the root of a node. Opens the commit log, replays it into the vnodes,
+//! starts the vnode supervisor, the routers, the admin actor and the cluster listener, and
+//! shuts them down in an order that loses no acknowledged write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
+
+use crate::actors::admin::{Admin, AdminArgs};
+use crate::actors::router::{Router, RouterArgs};
+use crate::actors::vnode::VnodeMessage;
+use crate::actors::vnode_supervisor::{VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage};
+use crate::core::ring::Ring;
+use crate::partition_table::PartitionTable;
+use crate::protocol::{RouterMessage, admin_group, router_group};
+use crate::settings::NodeSettings;
+use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
+
+/// Messages the node supervisor accepts (local only).
+#[derive(RactorMessage)]
+pub enum NodeSupervisorMessage {
+    /// Stop accepting requests, make every acknowledged write durable, stop every child.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// The node supervisor actor.
+#[derive(Debug, Default)]
+pub struct NodeSupervisor;
+
+/// The node supervisor's state.
+pub struct NodeSupervisorState {
+    settings: NodeSettings,
+    ring: Arc<Ring>,
+    table: Arc<PartitionTable>,
+    log: CommitLog,
+    log_thread: Option<JoinHandle<()>>,
+    vnodes: ActorRef<VnodeSupervisorMessage>,
+    routers: Vec<ActorRef<RouterMessage>>,
+    server: ActorRef<NodeServerMessage>,
+    admin: ActorRef<crate::protocol::AdminMessage>,
+    stopping: bool,
+}
+
+impl NodeSupervisorState {
+    async fn spawn_router(&mut self, myself: &ActorRef<NodeSupervisorMessage>) -> Result<(), ActorProcessingErr> {
+        let args = RouterArgs {
+            node_id: self.settings.node_id.clone(),
+            ring: self.ring.clone(),
+            table: self.table.clone(),
+            limits: self.settings.limits,
+        };
+        let (router, _) = Actor::spawn_linked(None, Router, args, myself.get_cell()).await?;
+        ractor::pg::join(router_group(&self.settings.node_id), vec![router.get_cell()]);
+        self.routers.push(router);
+        Ok(())
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeSupervisorMessage;
+    type State = NodeSupervisorState;
+    type Arguments = NodeSettings;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeSupervisorMessage>,
+        settings: NodeSettings,
+    ) -> Result<NodeSupervisorState, ActorProcessingErr> {
+        let ids: Vec<String> = settings.members.iter().map(|m| m.id.clone()).collect();
+        let ring = Arc::new(Ring::new(&ids, settings.partitions, settings.replicas)?);
+        let local = ring.partitions_of(&settings.node_id);
+        let table = Arc::new(PartitionTable::new(settings.partitions, &local));
+
+        let log_dir = settings.node_dir.join("commitlog");
+        let (log, sealed, log_thread) =
+            CommitLog::open(&log_dir, settings.durability, settings.log_segment_bytes)?;
+        let recovered = tokio::task::block_in_place(|| read_entries(&log_dir, None))?;
+        if !recovered.is_empty() {
+            tracing::info!(entries = recovered.len(), "replaying commit log");
+        }
+        let mut replay: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+        for e in recovered {
+            replay.entry(e.partition).or_default().push((e.key, e.object));
+        }
+
+        let vnode_args = VnodeSupervisorArgs {
+            node_id: settings.node_id.clone(),
+            node_dir: settings.node_dir.clone(),
+            partitions: local.clone(),
+            cache_bytes: settings.vnode_cache_bytes,
+            log: log.clone(),
+            durability: settings.durability,
+            conflict: settings.conflict,
+            batch_max_writes: settings.batch_max_writes,
+            batch_max_bytes: settings.batch_max_bytes,
+            budget: settings.vnode_restarts,
+            table: table.clone(),
+            replay,
+        };
+        let (vnodes, _) =
+            Actor::spawn_linked(None, VnodeSupervisor, vnode_args, myself.get_cell()).await?;
+        let sealed_to = vnodes.clone();
+        // The writer thread reports sealed segments on a blocking channel; relay them.
+        std::thread::Builder::new()
+            .name("log-sealed".into())
+            .spawn(move || {
+                while let Ok(id) = sealed.recv() {
+                    if sealed_to.cast(VnodeSupervisorMessage::SegmentSealed(id)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+
+        let admin_args = AdminArgs {
+            node_id: settings.node_id.clone(),
+            partitions: settings.partitions,
+            durability: match settings.durability {
+                LogDurability::Sync => "sync".into(),
+                LogDurability::Buffered(_) => "buffered".into(),
+            },
+            table: table.clone(),
+        };
+        let (admin, _) = Actor::spawn_linked(None, Admin, admin_args, myself.get_cell()).await?;
+        ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
+
+        let me = settings.me().clone();
+        let server = NodeServer::new(
+            me.addr.port(),
+            settings.cookie.clone(),
+            settings.node_id.clone(),
+            me.addr.ip().to_string(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(me.addr.ip());
+        let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+
+        let mut state = NodeSupervisorState {
+            settings,
+            ring,
+            table,
+            log,
+            log_thread: Some(log_thread),
+            vnodes,
+            routers: Vec::new(),
+            server,
+            admin,
+            stopping: false,
+        };
+        for _ in 0..state.settings.routers.max(1) {
+            state.spawn_router(&myself).await?;
+        }
+        tracing::info!(
+            node = %state.settings.node_id,
+            addr = %me.addr,
+            vnodes = local.len(),
+            "node ready"
+        );
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeSupervisorMessage>,
+        message: NodeSupervisorMessage,
+        state: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NodeSupervisorMessage::Shutdown(reply) => {
+                state.stopping = true;
+                tracing::info!("shutting down");
+                state.server.stop(None);
+                for r in &state.routers {
+                    r.stop(None);
+                }
+                state.admin.stop(None);
+                for (p, v) in state.table.serving() {
+                    let flushed = v.call(VnodeMessage::Flush, Some(Duration::from_secs(30))).await;
+                    if !matches!(flushed, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
+                        tracing::warn!(partition = p, "vnode did not checkpoint at shutdown; the commit log keeps its writes");
+                    }
+                    v.stop(None);
+                }
+                state.vnodes.stop(None);
+                state.log.shutdown();
+                if let Some(t) = state.log_thread.take() {
+                    let _ = tokio::task::spawn_blocking(move || t.join()).await;
+                }
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeSupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.stopping {
+            return Ok(());
+        }
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
+            _ => return Ok(()),
+        };
+        if let Some(i) = state.routers.iter().position(|r| r.get_id() == cell.get_id()) {
+            // Routers hold no state of their own: replace the one that died.
+            state.routers.remove(i);
+            tracing::warn!(reason = %why, "router stopped; replacing it");
+            state.spawn_router(&myself).await?;
+            return Ok(());
+        }
+        tracing::error!(actor = %cell.get_id(), reason = %why, "a core node actor stopped; stopping the node");
+        myself.stop(Some(format!("core actor stopped: {why}")));
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! Vnode: the single writer of one partition's redb file.
+//!
+//! Writes are group-committed: a write is queued, and a `Drain` the vnode sends itself runs
+//! after every write already in the mailbox, so one transaction takes them all. The commit is
+//! in memory (`Durability::None`); the resulting objects go to the node's commit log, which
+//! answers the clients after its fsync in `sync` mode. Reads never come here: routers read the
+//! file through a snapshot handle published in the [`PartitionTable`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use serde_bytes::ByteBuf;
+
+use crate::core::version::{ConflictPolicy, Object, VersionVector};
+use crate::partition_table::PartitionTable;
+use crate::protocol::{KvError, PutReply, PutReplyPort, VnodeHealth, Wire, encode_context};
+use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
+use crate::storage::vnode_store::{StoreError, VnodeStore};
+
+/// One client write waiting for the next commit.
+#[derive(Debug)]
+pub struct WriteOp {
+    /// The key bytes.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+    /// What the client had read; `None` for a blind write.
+    pub context: Option<VersionVector>,
+    /// Where the acknowledgement goes.
+    pub reply: PutReplyPort,
+}
+
+/// Messages a vnode accepts (local only).
+#[derive(RactorMessage)]
+pub enum VnodeMessage {
+    /// Apply a client write in the next group commit.
+    Write(WriteOp),
+    /// Commit every queued write now.
+    Drain,
+    /// Make every committed write durable in the vnode's own file (commit log checkpoint).
+    Flush(RpcReplyPort<Result<(), String>>),
+    /// Fail on purpose so the supervisor restarts this vnode (fault injection).
+    Crash,
+}
+
+/// The vnode actor.
+#[derive(Debug, Default)]
+pub struct Vnode;
+
+/// What a vnode is started with.
+pub struct VnodeArgs {
+    /// Partition this vnode serves.
+    pub partition: u32,
+    /// This node's id, the author of the dots this vnode mints.
+    pub node_id: String,
+    /// Its redb file.
+    pub path: PathBuf,
+    /// Page cache size for the file.
+    pub cache_bytes: usize,
+    /// The node's commit log.
+    pub log: CommitLog,
+    /// When writes are acknowledged.
+    pub durability: LogDurability,
+    /// Sibling bound or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// Most writes per commit.
+    pub batch_max_writes: usize,
+    /// Most payload bytes per commit.
+    pub batch_max_bytes: usize,
+    /// Where the vnode publishes itself once serving.
+    pub table: Arc<PartitionTable>,
+    /// Log entries to restore before serving; `None` reads this partition's from the log.
+    pub replay: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// A vnode's running state.
+pub struct VnodeState {
+    args: VnodeArgs,
+    store: VnodeStore,
+    pending: Vec<WriteOp>,
+    pending_bytes: usize,
+    drain_scheduled: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the file, retrying while a reader that outlived the previous vnode still holds it.
+fn open_store(args: &VnodeArgs) -> Result<VnodeStore, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match VnodeStore::open(&args.path, args.cache_bytes) {
+            Err(e) if e.0.contains("already open") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Actor for Vnode {
+    type Msg = VnodeMessage;
+    type State = VnodeState;
+    type Arguments = VnodeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VnodeMessage>,
+        mut args: VnodeArgs,
+    ) -> Result<VnodeState, ActorProcessingErr> {
+        let started = Instant::now();
+        let store = tokio::task::block_in_place(|| -> Result<VnodeStore, ActorProcessingErr> {
+            let store = open_store(&args)?;
+            let replay = match args.replay.take() {
+                Some(r) => r,
+                None => {
+                    // Writes this partition sent the log before a crash may still be queued
+                    // there; the barrier makes them visible to the read below.
+                    args.log.barrier();
+                    read_entries(args.log.dir(), Some(args.partition))?
+                        .into_iter()
+                        .map(|e| (e.key, e.object))
+                        .collect()
+                }
+            };
+            if !replay.is_empty() {
+                store.restore(&replay)?;
+            }
+            Ok(store)
+        })?;
+        args.table
+            .serve(args.partition, myself.clone(), store.reader());
+        tracing::debug!(partition = args.partition, elapsed_ms = started.elapsed().as_millis() as u64, "vnode serving");
+        Ok(VnodeState {
+            args,
+            store,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            drain_scheduled: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VnodeMessage>,
+        message: VnodeMessage,
+        state: &mut VnodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VnodeMessage::Write(op) => {
+                state.pending_bytes += op.key.len() + op.value.as_ref().map_or(0, Vec::len);
+                state.pending.push(op);
+                if state.pending.len() >= state.args.batch_max_writes
+                    || state.pending_bytes >= state.args.batch_max_bytes
+                {
+                    commit(state)?;
+                } else if !state.drain_scheduled {
+                    state.drain_scheduled = true;
+                    myself.cast(VnodeMessage::Drain)?;
+                }
+            }
+            VnodeMessage::Drain => {
+                state.drain_scheduled = false;
+                commit(state)?;
+            }
+            VnodeMessage::Flush(reply) => {
+                commit(state)?;
+                let result = tokio::task::block_in_place(|| state.store.checkpoint());
+                let failed = result.is_err();
+                let _ = reply.send(result.map_err(|e| e.0));
+                if failed {
+                    return Err("vnode checkpoint failed".into());
+                }
+            }
+            VnodeMessage::Crash => {
+                tracing::warn!(partition = state.args.partition, "vnode crash requested");
+                return Err("crash requested".into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<VnodeMessage>,
+        state: &mut VnodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        state
+            .args
+            .table
+            .withdraw(state.args.partition, VnodeHealth::Starting);
+        Ok(())
+    }
+}
+
+/// Applies every queued write in one in-memory transaction and hands the results to the log.
+fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
+    if state.pending.is_empty() {
+        return Ok(());
+    }
+    let ops = std::mem::take(&mut state.pending);
+    state.pending_bytes = 0;
+    let node = state.args.node_id.clone();
+    let conflict = state.args.conflict;
+    let now = now_ms();
+    let mut contexts: Vec<VersionVector> = Vec::with_capacity(ops.len());
+    let result = state.store.write_batch(false, |lookup| {
+        // Several writes to one key in a batch apply in arrival order.
+        let mut latest: HashMap<&[u8], Object> = HashMap::new();
+        let mut order: Vec<&[u8]> = Vec::new();
+        for op in &ops {
+            let object = match latest.get_mut(op.key.as_slice()) {
+                Some(o) => o,
+                None => {
+                    let current = match lookup(&op.key) {
+                        Ok(o) => o.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::error!(partition = state.args.partition, error = %e, "unreadable object; overwriting it");
+                            Object::default()
+                        }
+                    };
+                    order.push(&op.key);
+                    latest.entry(&op.key).or_insert(current)
+                }
+            };
+            object.update(&node, op.context.as_ref(), op.value.clone(), now, conflict);
+            contexts.push(object.context().clone());
+        }
+        order
+            .into_iter()
+            .map(|k| (k.to_vec(), latest.remove(k).unwrap_or_default()))
+            .collect()
+    });
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            for op in ops {
+                let _ = op.reply.send(Wire::new(Err(KvError::Storage(e.0.clone()))));
+            }
+            return Err(format!("vnode {} commit failed: {e}", state.args.partition).into());
+        }
+    };
+    let entries: Vec<LogEntry> = written
+        .into_iter()
+        .map(|(key, object)| LogEntry {
+            partition: state.args.partition,
+            key,
+            object,
+        })
+        .collect();
+    let replies: Vec<(PutReplyPort, VersionVector)> =
+        ops.into_iter().map(|op| op.reply).zip(contexts).collect();
+    let answer = move || {
+        for (port, ctx) in replies {
+            let _ = port.send(Wire::new(Ok(PutReply {
+                context: ByteBuf::from(encode_context(&ctx)),
+            })));
+        }
+    };
+    let logged = match state.args.durability {
+        LogDurability::Sync => state.args.log.append(entries, Some(Box::new(answer))),
+        LogDurability::Buffered(_) => {
+            let ok = state.args.log.append(entries, None);
+            if ok {
+                answer();
+            }
+            ok
+        }
+    };
+    if !logged {
+        return Err("commit log stopped".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! VnodeSupervisor: starts one vnode per local partition, restarts a failed vnode within its
+//! budget, and checkpoints vnodes so sealed commit log segments can be released.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+
+use crate::actors::vnode::{Vnode, VnodeArgs, VnodeMessage};
+use crate::core::version::ConflictPolicy;
+use crate::partition_table::PartitionTable;
+use crate::protocol::VnodeHealth;
+use crate::settings::RestartBudget;
+use crate::storage::commit_log::{CommitLog, LogDurability};
+
+/// Messages the vnode supervisor accepts (local only).
+#[derive(RactorMessage)]
+pub enum VnodeSupervisorMessage {
+    /// A commit log segment was sealed: checkpoint every vnode, then release it.
+    SegmentSealed(u64),
+    /// A checkpoint round finished; `ok` is false when some vnode could not checkpoint.
+    CheckpointDone {
+        /// The segment the round was for.
+        segment: u64,
+        /// Whether every local vnode checkpointed.
+        ok: bool,
+    },
+}
+
+/// The vnode supervisor actor.
+#[derive(Debug, Default)]
+pub struct VnodeSupervisor;
+
+/// What the vnode supervisor is started with.
+pub struct VnodeSupervisorArgs {
+    /// This node's id.
+    pub node_id: String,
+    /// Folder holding `vnode-<p>.redb` files.
+    pub node_dir: PathBuf,
+    /// Partitions this node holds.
+    pub partitions: Vec<u32>,
+    /// Page cache per vnode file.
+    pub cache_bytes: usize,
+    /// The node's commit log.
+    pub log: CommitLog,
+    /// When writes are acknowledged.
+    pub durability: LogDurability,
+    /// Sibling bound or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// Most writes per vnode commit.
+    pub batch_max_writes: usize,
+    /// Most payload bytes per vnode commit.
+    pub batch_max_bytes: usize,
+    /// Restart budget per vnode.
+    pub budget: RestartBudget,
+    /// The node's partition registry.
+    pub table: Arc<PartitionTable>,
+    /// Commit log entries recovered at startup, per partition.
+    pub replay: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The vnode supervisor's state.
+pub struct VnodeSupervisorState {
+    args: VnodeSupervisorArgs,
+    by_actor: HashMap<ractor::ActorId, u32>,
+    restarts: HashMap<u32, VecDeque<Instant>>,
+    checkpointing: bool,
+    next_segment: Option<u64>,
+}
+
+fn vnode_path(dir: &std::path::Path, p: u32) -> PathBuf {
+    dir.join(format!("vnode-{p}.redb"))
+}
+
+impl VnodeSupervisorState {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<VnodeSupervisorMessage>,
+        partition: u32,
+        replay: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let a = &self.args;
+        let args = VnodeArgs {
+            partition,
+            node_id: a.node_id.clone(),
+            path: vnode_path(&a.node_dir, partition),
+            cache_bytes: a.cache_bytes,
+            log: a.log.clone(),
+            durability: a.durability,
+            conflict: a.conflict,
+            batch_max_writes: a.batch_max_writes,
+            batch_max_bytes: a.batch_max_bytes,
+            table: a.table.clone(),
+            replay,
+        };
+        let cell: ActorCell = myself.get_cell();
+        let (vnode, _) = Actor::spawn_linked(None, Vnode, args, cell).await?;
+        self.by_actor.insert(vnode.get_id(), partition);
+        Ok(())
+    }
+
+    /// Counts a restart and says whether the budget still allows it.
+    fn within_budget(&mut self, partition: u32) -> bool {
+        let budget = self.args.budget;
+        let now = Instant::now();
+        let times = self.restarts.entry(partition).or_default();
+        while times.front().is_some_and(|t| now.duration_since(*t) > budget.window) {
+            times.pop_front();
+        }
+        times.push_back(now);
+        times.len() as u32 <= budget.max_restarts
+    }
+
+    fn start_checkpoint(&mut self, myself: &ActorRef<VnodeSupervisorMessage>, segment: u64) {
+        self.checkpointing = true;
+        let vnodes = self.args.table.serving();
+        let complete = vnodes.len() == self.args.partitions.len();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let mut ok = complete;
+            for (p, v) in vnodes {
+                let r = v
+                    .call(VnodeMessage::Flush, Some(Duration::from_secs(30)))
+                    .await;
+                if !matches!(r, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
+                    tracing::warn!(partition = p, "vnode checkpoint did not complete; keeping the log segment");
+                    ok = false;
+                }
+            }
+            let _ = me.cast(VnodeSupervisorMessage::CheckpointDone { segment, ok });
+        });
+    }
+}
+
+impl Actor for VnodeSupervisor {
+    type Msg = VnodeSupervisorMessage;
+    type State = VnodeSupervisorState;
+    type Arguments = VnodeSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VnodeSupervisorMessage>,
+        mut args: VnodeSupervisorArgs,
+    ) -> Result<VnodeSupervisorState, ActorProcessingErr> {
+        std::fs::create_dir_all(&args.node_dir)?;
+        let mut replay = std::mem::take(&mut args.replay);
+        let partitions = args.partitions.clone();
+        let mut state = VnodeSupervisorState {
+            args,
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+            checkpointing: false,
+            next_segment: None,
+        };
+        for p in partitions {
+            let entries = replay.remove(&p).unwrap_or_default();
+            state.spawn(&myself, p, Some(entries)).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VnodeSupervisorMessage>,
+        message: VnodeSupervisorMessage,
+        state: &mut VnodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VnodeSupervisorMessage::SegmentSealed(id) => {
+                if state.checkpointing {
+                    state.next_segment = Some(state.next_segment.map_or(id, |s| s.max(id)));
+                } else {
+                    state.start_checkpoint(&myself, id);
+                }
+            }
+            VnodeSupervisorMessage::CheckpointDone { segment, ok } => {
+                state.checkpointing = false;
+                if ok {
+                    state.args.log.release_through(segment);
+                    tracing::debug!(segment, "commit log segments released");
+                } else {
+                    // Retry with the next sealed segment; released ids are cumulative.
+                    state.next_segment = Some(state.next_segment.map_or(segment, |s| s.max(segment)));
+                }
+                if ok && let Some(next) = state.next_segment.take() {
+                    state.start_checkpoint(&myself, next);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<VnodeSupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut VnodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A clean stop was asked for (node shutdown); only failures are restarted.
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.by_actor.remove(&cell.get_id());
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let Some(partition) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        // Release the file handle before reopening it.
+        state.args.table.withdraw(partition, VnodeHealth::Starting);
+        if !state.within_budget(partition) {
+            state.args.table.withdraw(partition, VnodeHealth::Failed);
+            tracing::error!(partition, %reason, "vnode exceeded its restart budget; left stopped");
+            return Ok(());
+        }
+        state.args.table.note_restart(partition);
+        tracing::warn!(partition, %reason, "vnode stopped; restarting");
+        if let Err(e) = state.spawn(&myself, partition, None).await {
+            state.args.table.withdraw(partition, VnodeHealth::Failed);
+            tracing::error!(partition, error = %e, "vnode failed to restart; left stopped");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure, synchronous cores: no actor or async imports, unit- and property-tested on their own.
+
+pub mod codec;
+pub mod limits;
+pub mod ring;
+pub mod version;

@@ -1,0 +1,14 @@
+//! Everything that runs inside a ringkv node: actors, wire protocol, storage and pure cores.
+//!
+//! The `core` modules are synchronous and free of actor imports; actors hold state, route
+//! messages and call them.
+
+pub mod actors;
+pub mod core;
+pub mod node;
+pub mod partition_table;
+pub mod protocol;
+pub mod settings;
+pub mod storage;
+
+pub use node::Node;

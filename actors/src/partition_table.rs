@@ -1,0 +1,122 @@
+//! The node's registry of local partitions: which vnode actor serves each one, a read handle
+//! on its file, and its health. Shared by routers, the admin actor and the vnode supervisor.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use ractor::ActorRef;
+use redb::Database;
+
+use crate::actors::vnode::VnodeMessage;
+use crate::protocol::{VnodeHealth, VnodeInfo};
+
+#[derive(Default)]
+struct Slot {
+    local: bool,
+    live: RwLock<Live>,
+    restarts: AtomicU32,
+}
+
+struct Live {
+    health: VnodeHealth,
+    vnode: Option<ActorRef<VnodeMessage>>,
+    reader: Option<Arc<Database>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            health: VnodeHealth::Starting,
+            vnode: None,
+            reader: None,
+        }
+    }
+}
+
+/// Per-partition vnode registry; slots of partitions this node does not hold stay empty.
+pub struct PartitionTable {
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for PartitionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionTable")
+            .field("partitions", &self.slots.len())
+            .finish()
+    }
+}
+
+impl PartitionTable {
+    /// A table for `partitions` partitions, of which `local` are held by this node.
+    pub fn new(partitions: u32, local: &[u32]) -> PartitionTable {
+        let mut slots: Vec<Slot> = (0..partitions).map(|_| Slot::default()).collect();
+        for &p in local {
+            slots[p as usize].local = true;
+        }
+        PartitionTable { slots }
+    }
+
+    fn slot(&self, partition: u32) -> Option<&Slot> {
+        self.slots.get(partition as usize).filter(|s| s.local)
+    }
+
+    /// Records a started vnode: reads and writes for its partition go to it from now on.
+    pub fn serve(&self, partition: u32, vnode: ActorRef<VnodeMessage>, reader: Arc<Database>) {
+        if let Some(s) = self.slot(partition) {
+            *s.live.write().unwrap() = Live {
+                health: VnodeHealth::Serving,
+                vnode: Some(vnode),
+                reader: Some(reader),
+            };
+        }
+    }
+
+    /// Withdraws a partition's vnode (stopped or failed), releasing its file handle.
+    pub fn withdraw(&self, partition: u32, health: VnodeHealth) {
+        if let Some(s) = self.slot(partition) {
+            *s.live.write().unwrap() = Live {
+                health,
+                vnode: None,
+                reader: None,
+            };
+        }
+    }
+
+    /// Counts one restart of a partition's vnode.
+    pub fn note_restart(&self, partition: u32) {
+        if let Some(s) = self.slot(partition) {
+            s.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The vnode serving `partition`, if one is.
+    pub fn vnode(&self, partition: u32) -> Option<ActorRef<VnodeMessage>> {
+        self.slot(partition)?.live.read().unwrap().vnode.clone()
+    }
+
+    /// A read handle on `partition`'s file, if its vnode is serving.
+    pub fn reader(&self, partition: u32) -> Option<Arc<Database>> {
+        self.slot(partition)?.live.read().unwrap().reader.clone()
+    }
+
+    /// Every serving vnode, with its partition.
+    pub fn serving(&self) -> Vec<(u32, ActorRef<VnodeMessage>)> {
+        (0..self.slots.len() as u32)
+            .filter_map(|p| self.vnode(p).map(|v| (p, v)))
+            .collect()
+    }
+
+    /// Health and restart count of every local partition.
+    pub fn report(&self) -> Vec<VnodeInfo> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.local)
+            .map(|(p, s)| VnodeInfo {
+                partition: p as u32,
+                health: s.live.read().unwrap().health,
+                restarts: s.restarts.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}

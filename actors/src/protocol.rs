@@ -1,0 +1,230 @@
+//! Wire protocol: the typed messages clients and nodes exchange over ractor_cluster.
+//!
+//! Every payload travels as a [`Wire`] value: MessagePack inside, decoded without panicking.
+//! A frame that does not decode reaches the handler as `Wire(Err(..))`, which logs it and
+//! answers `BadRequest` instead of letting ractor drop it silently.
+
+use ractor::{BytesConvertable, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
+
+use crate::core::codec::{DecodeError, decode_wire, encode_wire};
+use crate::core::version::VersionVector;
+
+/// A MessagePack payload that decodes to an error rather than panicking.
+#[derive(Debug)]
+pub struct Wire<T>(pub Result<T, DecodeError>);
+
+impl<T> Wire<T> {
+    /// Wraps a value to send.
+    pub fn new(value: T) -> Self {
+        Wire(Ok(value))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> BytesConvertable for Wire<T> {
+    fn into_bytes(self) -> Vec<u8> {
+        match &self.0 {
+            Ok(v) => encode_wire(v),
+            // Only decoded inbound payloads are ever Err, and those are never re-sent.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        Wire(decode_wire(&bytes))
+    }
+}
+
+/// A request's typed failure, carried in replies and surfaced by the SDK and CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// The key has no bytes.
+    #[error("empty key: keys must have at least one byte")]
+    EmptyKey,
+    /// The key is longer than the configured limit.
+    #[error("key too large: {size} bytes, limit {limit}")]
+    KeyTooLarge {
+        /// Key length in bytes.
+        size: usize,
+        /// Configured `max_key_bytes`.
+        limit: usize,
+    },
+    /// Key plus value reach the configured pair limit.
+    #[error("pair too large: {size} bytes, limit {limit}")]
+    PairTooLarge {
+        /// Key plus value length in bytes.
+        size: usize,
+        /// Configured `max_pair_bytes` (pairs must be strictly smaller).
+        limit: usize,
+    },
+    /// The causal context passed with a write is not one this cluster produced.
+    #[error("bad context: {0}")]
+    BadContext(String),
+    /// Not enough replicas could be reached for the requested consistency.
+    #[error("unavailable: needed {needed} replicas, got {got}")]
+    Unavailable {
+        /// Replies the request needed.
+        needed: usize,
+        /// Replicas that were reachable.
+        got: usize,
+    },
+    /// No reply within the deadline: the write may or may not have been applied.
+    #[error("timeout: no reply within the deadline, outcome unknown")]
+    Timeout,
+    /// The node is shedding load; retry later.
+    #[error("overloaded: retry later")]
+    Overloaded,
+    /// The request could not be decoded or makes no sense.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The storage engine failed; nothing was acknowledged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// No member of the cluster could be reached.
+    #[error("not connected: {0}")]
+    NotConnected(String),
+}
+
+/// An opaque causal context as clients see it: the encoded version vector of what they read.
+pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
+    let mut out = vec![1u8];
+    out.extend(encode_wire(vv));
+    out
+}
+
+/// Decodes a context a client passed back; rejects anything this cluster did not produce.
+pub fn decode_context(bytes: &[u8]) -> Result<VersionVector, KvError> {
+    match bytes.split_first() {
+        Some((1, body)) => decode_wire(body).map_err(|e| KvError::BadContext(e.to_string())),
+        _ => Err(KvError::BadContext("unknown context format".into())),
+    }
+}
+
+/// Asks for a reply and nothing else: the transport's round trip.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PingRequest {}
+
+/// Answer to a ping: which node answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingReply {
+    /// Id of the node that answered.
+    pub node: String,
+}
+
+/// Reads one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRequest {
+    /// The key bytes.
+    pub key: ByteBuf,
+}
+
+/// What a read found: every live sibling and the context that supersedes them all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetReply {
+    /// Live values, one per concurrent version; empty when the key is absent or deleted.
+    pub values: Vec<ByteBuf>,
+    /// Opaque causal context covering every version read (tombstones included).
+    pub context: ByteBuf,
+}
+
+/// Writes (or, with no value, deletes) one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutRequest {
+    /// The key bytes.
+    pub key: ByteBuf,
+    /// The value, or `None` to delete.
+    pub value: Option<ByteBuf>,
+    /// Context from an earlier read; `None` is a blind write (see the README).
+    pub context: Option<ByteBuf>,
+}
+
+/// Acknowledgement of a write, with the context of the version it created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutReply {
+    /// Context to pass to the next write of this key to supersede this one.
+    pub context: ByteBuf,
+}
+
+/// Reply port of a get, as routers and vnodes receive it.
+pub type GetReplyPort = RpcReplyPort<Wire<Result<GetReply, KvError>>>;
+/// Reply port of a put or delete.
+pub type PutReplyPort = RpcReplyPort<Wire<Result<PutReply, KvError>>>;
+
+/// Messages a node's router actors accept from clients (pg group `ringkv.router.<node>`).
+#[derive(RactorClusterMessage)]
+pub enum RouterMessage {
+    /// Bare round trip, for the benchmark's transport ceiling and readiness checks.
+    #[rpc]
+    Ping(Wire<PingRequest>, RpcReplyPort<Wire<PingReply>>),
+    /// Read a key.
+    #[rpc]
+    Get(Wire<GetRequest>, RpcReplyPort<Wire<Result<GetReply, KvError>>>),
+    /// Write or delete a key.
+    #[rpc]
+    Put(Wire<PutRequest>, RpcReplyPort<Wire<Result<PutReply, KvError>>>),
+}
+
+/// A vnode's health as the admin actor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VnodeHealth {
+    /// Opening its file or replaying the commit log.
+    Starting,
+    /// Serving reads and writes.
+    Serving,
+    /// Restarted too often within the budget window; left stopped.
+    Failed,
+}
+
+/// One node's status, for `ringkv console` and tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub node: String,
+    /// Ring size Q.
+    pub partitions: u32,
+    /// Partitions this node holds, with their health and restart counts.
+    pub vnodes: Vec<VnodeInfo>,
+    /// `sync` or `buffered`.
+    pub durability: String,
+}
+
+/// One vnode's line in [`NodeStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VnodeInfo {
+    /// Partition id.
+    pub partition: u32,
+    /// Current health.
+    pub health: VnodeHealth,
+    /// Restarts since the node started.
+    pub restarts: u32,
+}
+
+/// Which vnode to fail on purpose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrashVnodeRequest {
+    /// Partition whose vnode should fail.
+    pub partition: u32,
+}
+
+/// Messages a node's admin actor accepts (pg group `ringkv.admin.<node>`).
+#[derive(RactorClusterMessage)]
+pub enum AdminMessage {
+    /// Report this node's status.
+    #[rpc]
+    Status(Wire<PingRequest>, RpcReplyPort<Wire<NodeStatus>>),
+    /// Make one vnode fail so its supervisor restarts it (fault injection for tests and drills).
+    #[rpc]
+    CrashVnode(Wire<CrashVnodeRequest>, RpcReplyPort<Wire<Result<(), KvError>>>),
+}
+
+/// The pg group holding a node's router actors.
+pub fn router_group(node: &str) -> String {
+    format!("ringkv.router.{node}")
+}
+
+/// The pg group holding a node's admin actor.
+pub fn admin_group(node: &str) -> String {
+    format!("ringkv.admin.{node}")
+}

@@ -1,0 +1,72 @@
+//! What a node needs to run, already validated by the edge that read the configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::core::limits::Limits;
+use crate::core::version::ConflictPolicy;
+use crate::storage::commit_log::LogDurability;
+
+/// One cluster member as the configuration lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node id, e.g. `n1`.
+    pub id: String,
+    /// Address its cluster listener binds and peers dial.
+    pub addr: SocketAddr,
+}
+
+/// How many failures a supervisor tolerates before it gives a child up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartBudget {
+    /// Restarts allowed within `window`.
+    pub max_restarts: u32,
+    /// Sliding window the restarts are counted in.
+    pub window: Duration,
+}
+
+/// Everything a node process needs; built from `cluster.toml` by the `ringkv` binary.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// This node's id.
+    pub node_id: String,
+    /// All members, this node included.
+    pub members: Vec<Member>,
+    /// Shared secret peers and clients authenticate with.
+    pub cookie: String,
+    /// Ring size Q.
+    pub partitions: u32,
+    /// Replication factor N.
+    pub replicas: usize,
+    /// This node's own folder: vnode files and the commit log live here.
+    pub node_dir: PathBuf,
+    /// When writes are acknowledged.
+    pub durability: LogDurability,
+    /// Page cache of each vnode's redb file, in bytes.
+    pub vnode_cache_bytes: usize,
+    /// Most writes one vnode commit takes.
+    pub batch_max_writes: usize,
+    /// Most payload bytes one vnode commit takes.
+    pub batch_max_bytes: usize,
+    /// Commit log segment size; a full segment triggers a vnode checkpoint.
+    pub log_segment_bytes: u64,
+    /// Key and pair size limits.
+    pub limits: Limits,
+    /// Sibling bound or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// Number of router actors.
+    pub routers: usize,
+    /// Restart budget of each vnode.
+    pub vnode_restarts: RestartBudget,
+}
+
+impl NodeSettings {
+    /// This node's member entry.
+    pub fn me(&self) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.id == self.node_id)
+            .expect("validated: node id is a member")
+    }
+}

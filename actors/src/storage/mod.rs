@@ -1,0 +1,4 @@
+//! On-disk state of a node: per-vnode redb files and the node-wide commit log.
+
+pub mod commit_log;
+pub mod vnode_store;

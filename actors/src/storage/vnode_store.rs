@@ -1,0 +1,141 @@
+//! One vnode's redb file: a single table from key bytes to encoded [`Object`]s.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use crate::core::codec::{decode_object, encode_object};
+use crate::core::version::Object;
+
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+
+/// A storage failure, as text: it is reported to clients and logged, never matched on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{context}: {e}"))
+}
+
+/// An open vnode file. Reads go through [`VnodeStore::reader`] handles so they never queue
+/// behind the vnode's writer.
+#[derive(Debug)]
+pub struct VnodeStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+/// A write to apply in a batch: the key and the object computed for it.
+pub type StoredPair = (Vec<u8>, Object);
+
+impl VnodeStore {
+    /// Opens (or creates) the file with a bounded page cache and makes sure the table exists.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<VnodeStore, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| err("open", e))?;
+        let txn = db.begin_write().map_err(|e| err("begin", e))?;
+        txn.open_table(DATA).map_err(|e| err("table", e))?;
+        txn.commit().map_err(|e| err("commit", e))?;
+        Ok(VnodeStore {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this store owns.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A shared handle for snapshot reads outside the vnode's mailbox.
+    pub fn reader(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Reads one key from the latest committed snapshot.
+    pub fn read(db: &Database, key: &[u8]) -> Result<Option<Object>, StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        match table.get(key).map_err(|e| err("get", e))? {
+            None => Ok(None),
+            Some(v) => decode_object(v.value())
+                .map(Some)
+                .map_err(|e| err("decode", e)),
+        }
+    }
+
+    /// Runs one write transaction: `update` sees the current object of each key it asks for
+    /// and returns the objects to store. Commits durably only when `durable` is set; otherwise
+    /// the commit lives in memory until the next durable one (the commit log covers it).
+    pub fn write_batch<F>(&self, durable: bool, update: F) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>
+    where
+        F: FnOnce(&mut dyn FnMut(&[u8]) -> Result<Option<Object>, StoreError>) -> Vec<StoredPair>,
+    {
+        let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| err("durability", e))?;
+        }
+        let written = {
+            let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+            let pairs = {
+                let mut lookup = |key: &[u8]| -> Result<Option<Object>, StoreError> {
+                    match table.get(key).map_err(|e| err("get", e))? {
+                        None => Ok(None),
+                        Some(v) => decode_object(v.value()).map(Some).map_err(|e| err("decode", e)),
+                    }
+                };
+                update(&mut lookup)
+            };
+            let mut written = Vec::with_capacity(pairs.len());
+            for (key, object) in pairs {
+                let bytes = encode_object(&object);
+                table
+                    .insert(key.as_slice(), bytes.as_slice())
+                    .map_err(|e| err("insert", e))?;
+                written.push((key, bytes));
+            }
+            written
+        };
+        txn.commit().map_err(|e| err("commit", e))?;
+        Ok(written)
+    }
+
+    /// Stores already-encoded objects as they are (commit-log replay), durably.
+    pub fn restore(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        {
+            let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+            for (k, v) in pairs {
+                table
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| err("insert", e))?;
+            }
+        }
+        txn.commit().map_err(|e| err("commit", e))
+    }
+
+    /// Makes every earlier in-memory commit durable with one empty durable commit.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        txn.commit().map_err(|e| err("commit", e))
+    }
+
+    /// Number of keys stored (tombstones included).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        table.len().map_err(|e| err("len", e))
+    }
+
+    /// True when no key is stored.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}

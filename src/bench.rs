@@ -1,0 +1,245 @@
+//! `ringkv bench`: throughput and latency through the SDK, with `ping` as the transport ceiling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rand_distr::{Distribution, Zipf};
+use serde::Serialize;
+
+use crate::client::{Client, KvError};
+
+/// What each operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Gets of loaded keys.
+    Read,
+    /// Blind puts of loaded keys.
+    Update,
+    /// This percentage of gets, the rest puts.
+    Mixed(u8),
+    /// Bare typed-message round trips.
+    Ping,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Workload::Read),
+            "update" => Ok(Workload::Update),
+            "ping" => Ok(Workload::Ping),
+            _ => match s.strip_prefix("mixed:").map(str::parse::<u8>) {
+                Some(Ok(p)) if p <= 100 => Ok(Workload::Mixed(p)),
+                _ => Err(format!(
+                    "unknown workload '{s}': use read, update, ping or mixed:<read percent 0-100>"
+                )),
+            },
+        }
+    }
+}
+
+/// How keys are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyDistribution {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipfian (s = 0.99): a few hot keys.
+    Zipfian,
+}
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// What each operation does.
+    pub workload: Workload,
+    /// Key space size.
+    pub keys: u64,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Measured duration.
+    pub duration: Duration,
+    /// Key popularity.
+    pub distribution: KeyDistribution,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Workload name.
+    pub workload: String,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Successful operations.
+    pub ops: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Successful operations per second.
+    pub ops_per_sec: f64,
+    /// Latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// Slowest operation, ms.
+    pub max_ms: f64,
+    /// Keys loaded before the run (0 when nothing was loaded).
+    pub loaded_keys: u64,
+    /// Load phase rate, keys/s.
+    pub load_ops_per_sec: f64,
+    /// First few distinct error messages.
+    pub error_samples: Vec<String>,
+}
+
+fn key_name(i: u64) -> Vec<u8> {
+    format!("bench-{i:012}").into_bytes()
+}
+
+/// Runs a benchmark against a connected client.
+pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, String> {
+    if opts.keys == 0 || opts.concurrency == 0 {
+        return Err("--keys and --concurrency must be at least 1".into());
+    }
+    let value: Arc<Vec<u8>> = Arc::new((0..opts.value_size).map(|i| (i % 251) as u8).collect());
+    let needs_load = matches!(opts.workload, Workload::Read | Workload::Mixed(_));
+    let (loaded_keys, load_rate) = if needs_load { load(client, opts, &value).await? } else { (0, 0.0) };
+
+    let started = Instant::now();
+    let end = started + opts.duration;
+    let mut tasks = Vec::new();
+    for t in 0..opts.concurrency {
+        let client = client.clone();
+        let value = value.clone();
+        let opts = opts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut rng = SmallRng::seed_from_u64(t as u64 * 7919 + 1);
+            let zipf = Zipf::new(opts.keys as f64, 0.99).unwrap();
+            let (mut ok, mut errs, mut samples) = (0u64, 0u64, Vec::<String>::new());
+            while Instant::now() < end {
+                let k = match opts.distribution {
+                    KeyDistribution::Uniform => rng.random_range(0..opts.keys),
+                    KeyDistribution::Zipfian => zipf.sample(&mut rng) as u64 - 1,
+                };
+                let key = key_name(k);
+                let read = match opts.workload {
+                    Workload::Read => true,
+                    Workload::Update | Workload::Ping => false,
+                    Workload::Mixed(p) => rng.random_range(0..100u8) < p,
+                };
+                let t0 = Instant::now();
+                let r: Result<(), KvError> = match opts.workload {
+                    Workload::Ping => client.ping(None).await.map(|_| ()),
+                    _ if read => client.get(&key).await.map(|_| ()),
+                    _ => client.put(&key, value.as_slice()).await.map(|_| ()),
+                };
+                let micros = t0.elapsed().as_micros().max(1) as u64;
+                hist.saturating_record(micros);
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        errs += 1;
+                        let m = e.to_string();
+                        if samples.len() < 5 && !samples.contains(&m) {
+                            samples.push(m);
+                        }
+                    }
+                }
+            }
+            (hist, ok, errs, samples)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut ops, mut errors, mut samples) = (0u64, 0u64, Vec::new());
+    for t in tasks {
+        let (h, ok, errs, s) = t.await.map_err(|e| format!("bench task failed: {e}"))?;
+        hist.add(h).expect("same bounds");
+        ops += ok;
+        errors += errs;
+        for m in s {
+            if samples.len() < 5 && !samples.contains(&m) {
+                samples.push(m);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BenchReport {
+        workload: match opts.workload {
+            Workload::Read => "read".into(),
+            Workload::Update => "update".into(),
+            Workload::Ping => "ping".into(),
+            Workload::Mixed(p) => format!("mixed:{p}"),
+        },
+        concurrency: opts.concurrency,
+        ops,
+        errors,
+        seconds,
+        ops_per_sec: ops as f64 / seconds,
+        p50_ms: ms(0.5),
+        p95_ms: ms(0.95),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+        loaded_keys,
+        load_ops_per_sec: load_rate,
+        error_samples: samples,
+    })
+}
+
+/// Writes every key once, `concurrency` at a time; fails on the first error.
+async fn load(client: &Client, opts: &BenchOptions, value: &Arc<Vec<u8>>) -> Result<(u64, f64), String> {
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
+    for _ in 0..opts.concurrency {
+        let (client, value, next, keys) = (client.clone(), value.clone(), next.clone(), opts.keys);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= keys {
+                    return Ok(());
+                }
+                client
+                    .put(key_name(i), value.as_slice())
+                    .await
+                    .map_err(|e| format!("loading key {i} failed: {e}"))?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((opts.keys, opts.keys as f64 / secs))
+}
+
+impl BenchReport {
+    /// Human-readable lines.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if self.loaded_keys > 0 {
+            s += &format!(
+                "loaded {} keys at {:.0} ops/s\n",
+                self.loaded_keys, self.load_ops_per_sec
+            );
+        }
+        s += &format!(
+            "{} c={}: {:.0} ops/s ({} ops, {} errors in {:.1} s)\nlatency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.workload, self.concurrency, self.ops_per_sec, self.ops, self.errors, self.seconds,
+            self.p50_ms, self.p95_ms, self.p99_ms, self.p999_ms, self.max_ms
+        );
+        for e in &self.error_samples {
+            s += &format!("\nerror: {e}");
+        }
+        s
+    }
+}

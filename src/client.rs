@@ -1,0 +1,395 @@
+//! The Rust client SDK: typed messages to the cluster's router actors over ractor_cluster.
+//!
+//! A [`Client`] runs a small ractor_cluster node of its own, dials the members listed in the
+//! configuration (cookie-authenticated), and sends each request to a router actor of a node.
+//! ractor's registry is process-wide, so one `Client` per process is the intended use; clone it
+//! freely (clones share the connection).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use ringkv_actors::protocol::{
+    AdminMessage, CrashVnodeRequest, GetReply, GetRequest, NodeStatus, PingReply, PingRequest,
+    PutReply, PutRequest, RouterMessage, Wire, admin_group, router_group,
+};
+use serde_bytes::ByteBuf;
+
+pub use ringkv_actors::protocol::KvError;
+
+use crate::config::ClusterConfig;
+
+/// Where the cluster is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Members to dial: (node id, address).
+    pub members: Vec<(String, SocketAddr)>,
+    /// The cluster's cookie.
+    pub cookie: String,
+    /// Default per-request timeout.
+    pub timeout: Duration,
+    /// How long [`Client::connect`] waits for the members to answer.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Reads the members, cookie and client defaults from a `cluster.toml`.
+    pub fn from_file(path: &Path) -> Result<ClientConfig, KvError> {
+        let cfg = ClusterConfig::load(path).map_err(|e| KvError::BadRequest(e.0))?;
+        Ok(ClientConfig::from_cluster(&cfg))
+    }
+
+    /// Takes the client's view of a loaded configuration.
+    pub fn from_cluster(cfg: &ClusterConfig) -> ClientConfig {
+        ClientConfig {
+            members: cfg
+                .member_addrs()
+                .into_iter()
+                .map(|m| (m.id, m.addr))
+                .collect(),
+            cookie: cfg.cluster.cookie.clone(),
+            timeout: Duration::from_millis(cfg.client.timeout_ms),
+            connect_timeout: Duration::from_millis(cfg.client.connect_timeout_ms),
+        }
+    }
+}
+
+/// An opaque causal context: pass the one a read returned to the next write of that key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context(Vec<u8>);
+
+impl Context {
+    /// The context as text, for the CLI (`--context`).
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0)
+    }
+
+    /// Parses what [`Context::to_base64`] printed.
+    pub fn from_base64(text: &str) -> Result<Context, KvError> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map(Context)
+            .map_err(|e| KvError::BadContext(format!("not a context printed by ringkv: {e}")))
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetResult {
+    /// Every live version: one value normally, several when concurrent writes are siblings;
+    /// empty when the key does not exist or was deleted.
+    pub values: Vec<Vec<u8>>,
+    /// Covers every version read; pass it to a write to supersede them all.
+    pub context: Context,
+}
+
+impl GetResult {
+    /// True when the key has at least one live value.
+    pub fn found(&self) -> bool {
+        !self.values.is_empty()
+    }
+
+    /// The value when there is exactly one version.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self.values.as_slice() {
+            [v] => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Causal context from an earlier read (writes only); `None` is a blind write.
+    pub context: Option<Context>,
+    /// Overrides the client's default timeout.
+    pub timeout: Option<Duration>,
+}
+
+impl RequestOptions {
+    /// Options carrying a context.
+    pub fn with_context(context: Context) -> RequestOptions {
+        RequestOptions {
+            context: Some(context),
+            ..Default::default()
+        }
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    server: ActorRef<NodeServerMessage>,
+    next: AtomicUsize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.server.stop(None);
+    }
+}
+
+/// A connection to a ringkv cluster.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("members", &self.inner.config.members)
+            .finish()
+    }
+}
+
+static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+
+impl Client {
+    /// Dials every member and returns once at least one serves requests (or fails with
+    /// `NotConnected` after the connect timeout, naming the members it tried).
+    pub async fn connect(config: ClientConfig) -> Result<Client, KvError> {
+        let name = format!(
+            "ringkv-client-{}-{}",
+            std::process::id(),
+            CLIENTS.fetch_add(1, Ordering::Relaxed)
+        );
+        let server = NodeServer::new(
+            0,
+            config.cookie.clone(),
+            name,
+            "127.0.0.1".into(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr([127, 0, 0, 1].into());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| KvError::NotConnected(format!("client node failed to start: {e}")))?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                server,
+                next: AtomicUsize::new(0),
+            }),
+        };
+        let cfg = &client.inner.config;
+        let mut dialed = Vec::new();
+        let mut failures = Vec::new();
+        for (id, addr) in &cfg.members {
+            match ractor_cluster::client_connect(&client.inner.server, addr).await {
+                Ok(()) => dialed.push(id.clone()),
+                Err(e) => failures.push(format!("{id} at {addr}: {e}")),
+            }
+        }
+        // Routers become visible once the session is authenticated and groups are synced.
+        let deadline = Instant::now() + cfg.connect_timeout;
+        loop {
+            let ready = dialed
+                .iter()
+                .filter(|id| !ractor::pg::get_members(&router_group(id)).is_empty())
+                .count();
+            if ready == dialed.len() && ready > 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                if ready > 0 {
+                    break;
+                }
+                let tried: Vec<String> = cfg.members.iter().map(|(i, a)| format!("{i} at {a}")).collect();
+                let detail = if failures.is_empty() {
+                    "connected but no node answered (wrong cookie?)".to_string()
+                } else {
+                    failures.join("; ")
+                };
+                return Err(KvError::NotConnected(format!(
+                    "no member reachable (tried {}): {detail}",
+                    tried.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(client)
+    }
+
+    /// Connects to the cluster a `cluster.toml` describes.
+    pub async fn connect_file(path: &Path) -> Result<Client, KvError> {
+        Client::connect(ClientConfig::from_file(path)?).await
+    }
+
+    /// Node ids that currently have reachable routers.
+    pub fn reachable_nodes(&self) -> Vec<String> {
+        self.inner
+            .config
+            .members
+            .iter()
+            .filter(|(id, _)| !ractor::pg::get_members(&router_group(id)).is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn router(&self, node: Option<&str>) -> Result<ActorRef<RouterMessage>, KvError> {
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let members = &self.inner.config.members;
+        let candidates: Vec<&str> = match node {
+            Some(id) => vec![id],
+            None => members.iter().map(|(id, _)| id.as_str()).collect(),
+        };
+        for i in 0..candidates.len() {
+            let id = candidates[(n + i) % candidates.len()];
+            let routers = ractor::pg::get_members(&router_group(id));
+            if !routers.is_empty() {
+                return Ok(routers[n % routers.len()].clone().into());
+            }
+        }
+        Err(KvError::NotConnected(match node {
+            Some(id) => format!("node {id} is not reachable"),
+            None => "no member is reachable".into(),
+        }))
+    }
+
+    fn timeout(&self, opts: Option<&RequestOptions>) -> Duration {
+        opts.and_then(|o| o.timeout).unwrap_or(self.inner.config.timeout)
+    }
+
+    async fn call<R, F>(&self, to: ActorRef<RouterMessage>, timeout: Duration, msg: F) -> Result<R, KvError>
+    where
+        R: Send + 'static,
+        F: FnOnce(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
+    {
+        let started = Instant::now();
+        match to.call(msg, Some(timeout)).await {
+            Ok(CallResult::Success(Wire(Ok(result)))) => result,
+            Ok(CallResult::Success(Wire(Err(e)))) => {
+                Err(KvError::BadRequest(format!("undecodable reply from the node: {e}")))
+            }
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            // ractor_cluster races two timers: a dropped reply near the deadline is a timeout.
+            Ok(CallResult::SenderError) if started.elapsed() >= timeout.mul_f32(0.9) => {
+                Err(KvError::Timeout)
+            }
+            Ok(CallResult::SenderError) | Err(_) => Err(KvError::NotConnected(
+                "the connection to the node was lost; outcome unknown".into(),
+            )),
+        }
+    }
+
+    /// Writes `value` under `key` (a blind write: it supersedes what the coordinating replica holds).
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Context, KvError> {
+        self.put_with(key, value, &RequestOptions::default()).await
+    }
+
+    /// Writes with options; with a context, supersedes exactly the versions that context saw.
+    pub async fn put_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: &RequestOptions,
+    ) -> Result<Context, KvError> {
+        self.write(key.as_ref(), Some(value.as_ref()), opts).await
+    }
+
+    /// Deletes `key` (a tombstone; reads then find nothing).
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Context, KvError> {
+        self.delete_with(key, &RequestOptions::default()).await
+    }
+
+    /// Deletes with options.
+    pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &RequestOptions) -> Result<Context, KvError> {
+        self.write(key.as_ref(), None, opts).await
+    }
+
+    async fn write(&self, key: &[u8], value: Option<&[u8]>, opts: &RequestOptions) -> Result<Context, KvError> {
+        let request = PutRequest {
+            key: ByteBuf::from(key.to_vec()),
+            value: value.map(|v| ByteBuf::from(v.to_vec())),
+            context: opts.context.as_ref().map(|c| ByteBuf::from(c.0.clone())),
+        };
+        let router = self.router(None)?;
+        let reply: PutReply = self
+            .call(router, self.timeout(Some(opts)), |port| {
+                RouterMessage::Put(Wire::new(request), port)
+            })
+            .await?;
+        Ok(Context(reply.context.into_vec()))
+    }
+
+    /// Reads `key`: every live version and the context covering them.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<GetResult, KvError> {
+        self.get_with(key, &RequestOptions::default()).await
+    }
+
+    /// Reads with options.
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &RequestOptions) -> Result<GetResult, KvError> {
+        let request = GetRequest {
+            key: ByteBuf::from(key.as_ref().to_vec()),
+        };
+        let router = self.router(None)?;
+        let reply: GetReply = self
+            .call(router, self.timeout(Some(opts)), |port| {
+                RouterMessage::Get(Wire::new(request), port)
+            })
+            .await?;
+        Ok(GetResult {
+            values: reply.values.into_iter().map(ByteBuf::into_vec).collect(),
+            context: Context(reply.context.into_vec()),
+        })
+    }
+
+    /// One bare round trip to a router of `node` (any node when `None`); returns who answered.
+    pub async fn ping(&self, node: Option<&str>) -> Result<String, KvError> {
+        let router = self.router(node)?;
+        let timeout = self.timeout(None);
+        match router
+            .call(|port| RouterMessage::Ping(Wire::new(PingRequest {}), port), Some(timeout))
+            .await
+        {
+            Ok(CallResult::Success(Wire(Ok(PingReply { node })))) => Ok(node),
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected("ping failed".into())),
+        }
+    }
+
+    fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
+        ractor::pg::get_members(&admin_group(node))
+            .into_iter()
+            .next()
+            .map(Into::into)
+            .ok_or_else(|| KvError::NotConnected(format!("node {node} is not reachable")))
+    }
+
+    /// A node's status from its admin actor.
+    pub async fn node_status(&self, node: &str) -> Result<NodeStatus, KvError> {
+        let admin = self.admin(node)?;
+        match admin
+            .call(|port| AdminMessage::Status(Wire::new(PingRequest {}), port), Some(self.timeout(None)))
+            .await
+        {
+            Ok(CallResult::Success(Wire(Ok(status)))) => Ok(status),
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected(format!("status of {node} failed"))),
+        }
+    }
+
+    /// Makes one vnode of `node` fail so its supervisor restarts it (fault drills and tests).
+    pub async fn crash_vnode(&self, node: &str, partition: u32) -> Result<(), KvError> {
+        let admin = self.admin(node)?;
+        match admin
+            .call(
+                |port| AdminMessage::CrashVnode(Wire::new(CrashVnodeRequest { partition }), port),
+                Some(self.timeout(None)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(Wire(Ok(result)))) => result,
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected(format!("crash-vnode on {node} failed"))),
+        }
+    }
+}

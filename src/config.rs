@@ -1,0 +1,457 @@
+//! `cluster.toml`: reading (file plus `RINGKV__SECTION__KEY` environment overrides) and
+//! validation with messages that say what to fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringkv_actors::core::limits::Limits;
+use ringkv_actors::core::version::ConflictPolicy;
+use ringkv_actors::settings::{Member, NodeSettings, RestartBudget};
+use ringkv_actors::storage::commit_log::LogDurability;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, phrased as what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster-wide settings fixed at creation.
+    pub cluster: ClusterSection,
+    /// Every member node.
+    pub members: Vec<MemberConfig>,
+    /// Storage engine settings.
+    #[serde(default)]
+    pub storage: StorageSection,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// How concurrent writes are kept.
+    #[serde(default)]
+    pub conflicts: ConflictsSection,
+    /// Per-node process settings.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// Client defaults (SDK, CLI, bench).
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Shared secret of nodes and clients (ractor_cluster magic cookie).
+    pub cookie: String,
+    /// Ring size Q: a power of two, fixed for the cluster's life.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Replication factor N.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Data folder; relative paths are relative to the configuration file's folder.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+/// One `[[members]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Node id: letters, digits, `-` and `_`.
+    pub id: String,
+    /// `ip:port` the node listens on.
+    pub addr: String,
+}
+
+/// When writes are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the commit log's fsync.
+    Sync,
+    /// After the in-memory commit; fsync every `flush_interval_ms`.
+    Buffered,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `sync` or `buffered`.
+    pub durability: Durability,
+    /// Longest time a `buffered` write stays only in the OS cache.
+    pub flush_interval_ms: u64,
+    /// Page cache of each vnode file, MiB.
+    pub vnode_cache_mb: usize,
+    /// Most writes one vnode commit takes.
+    pub batch_max_writes: usize,
+    /// Most payload bytes one vnode commit takes.
+    pub batch_max_bytes: usize,
+    /// Commit log segment size, MiB; a full segment triggers a vnode checkpoint.
+    pub log_segment_mb: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            durability: Durability::Sync,
+            flush_interval_ms: 50,
+            vnode_cache_mb: 8,
+            batch_max_writes: 512,
+            batch_max_bytes: 1 << 20,
+            log_segment_mb: 64,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Longest key, bytes.
+    pub max_key_bytes: usize,
+    /// Key plus value must be strictly smaller, bytes.
+    pub max_pair_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            max_key_bytes: l.max_key_bytes,
+            max_pair_bytes: l.max_pair_bytes,
+        }
+    }
+}
+
+/// Conflict handling mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictMode {
+    /// Keep concurrent writes as siblings.
+    Siblings,
+    /// Last write wins: concurrent writes are silently lost.
+    Lww,
+}
+
+/// `[conflicts]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConflictsSection {
+    /// `siblings` or `lww`.
+    pub mode: ConflictMode,
+    /// Most siblings kept per key; the oldest are pruned beyond it.
+    pub max_siblings: usize,
+}
+
+impl Default for ConflictsSection {
+    fn default() -> Self {
+        ConflictsSection {
+            mode: ConflictMode::Siblings,
+            max_siblings: 8,
+        }
+    }
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Router actors per node.
+    pub routers: usize,
+    /// Restarts a vnode may have within the window before it is left stopped.
+    pub vnode_max_restarts: u32,
+    /// The restart budget's window, seconds.
+    pub vnode_restart_window_secs: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            routers: 4,
+            vnode_max_restarts: 5,
+            vnode_restart_window_secs: 60,
+        }
+    }
+}
+
+/// `[client]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Default per-request timeout, ms.
+    pub timeout_ms: u64,
+    /// How long connecting may take, ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection {
+            timeout_ms: 5000,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+fn default_partitions() -> u32 {
+    64
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl ClusterConfig {
+    /// Reads `path` and the environment, resolves `data_dir` against the file's folder, and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        if !path.exists() {
+            return Err(bad(format!(
+                "configuration file {} not found (pass --config FILE)",
+                path.display()
+            )));
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("RINGKV")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let mut cfg: ClusterConfig = raw
+            .try_deserialize()
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        if cfg.cluster.data_dir.is_relative() {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let base = base.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            cfg.cluster.data_dir = base.join(&cfg.cluster.data_dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every rule a node relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.cookie.trim().is_empty() {
+            return Err(bad("cluster.cookie is empty: set a shared secret"));
+        }
+        if !c.partitions.is_power_of_two() || c.partitions > 65536 {
+            return Err(bad(format!(
+                "cluster.partitions must be a power of two between 1 and 65536, got {} (try {})",
+                c.partitions,
+                c.partitions.clamp(1, 65536).next_power_of_two().min(65536)
+            )));
+        }
+        if self.members.is_empty() {
+            return Err(bad("no [[members]] listed: add at least one node"));
+        }
+        let mut seen_ids = std::collections::HashSet::new();
+        let mut seen_addrs = std::collections::HashSet::new();
+        for m in &self.members {
+            if m.id.is_empty()
+                || !m
+                    .id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(bad(format!(
+                    "member id '{}' is invalid: use letters, digits, '-' and '_'",
+                    m.id
+                )));
+            }
+            if !seen_ids.insert(m.id.as_str()) {
+                return Err(bad(format!("member id '{}' is listed twice", m.id)));
+            }
+            let addr = parse_addr(&m.addr)?;
+            if !seen_addrs.insert(addr) {
+                return Err(bad(format!("address {} is used by two members", m.addr)));
+            }
+        }
+        if c.replicas == 0 {
+            return Err(bad("cluster.replicas must be at least 1"));
+        }
+        if c.replicas > self.members.len() {
+            return Err(bad(format!(
+                "cluster.replicas = {} is larger than the {} member(s) listed: add members or lower replicas",
+                c.replicas,
+                self.members.len()
+            )));
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_pair_bytes <= l.max_key_bytes {
+            return Err(bad(format!(
+                "limits: max_key_bytes ({}) must be at least 1 and below max_pair_bytes ({})",
+                l.max_key_bytes, l.max_pair_bytes
+            )));
+        }
+        if self.storage.vnode_cache_mb == 0 || self.storage.batch_max_writes == 0 {
+            return Err(bad(
+                "storage.vnode_cache_mb and storage.batch_max_writes must be at least 1",
+            ));
+        }
+        if self.storage.log_segment_mb == 0 {
+            return Err(bad("storage.log_segment_mb must be at least 1"));
+        }
+        if self.conflicts.max_siblings == 0 {
+            return Err(bad("conflicts.max_siblings must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The members with parsed addresses.
+    pub fn member_addrs(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|m| Member {
+                id: m.id.clone(),
+                addr: parse_addr(&m.addr).expect("validated"),
+            })
+            .collect()
+    }
+
+    /// The settings node `node_id` runs with; checks the id and the data folder.
+    pub fn node_settings(&self, node_id: &str) -> Result<NodeSettings, ConfigError> {
+        if !self.members.iter().any(|m| m.id == node_id) {
+            let ids: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
+            return Err(bad(format!(
+                "unknown node id '{node_id}': members are {}",
+                ids.join(", ")
+            )));
+        }
+        let node_dir = self.cluster.data_dir.join(node_id);
+        check_writable(&node_dir)?;
+        let s = &self.storage;
+        Ok(NodeSettings {
+            node_id: node_id.to_string(),
+            members: self.member_addrs(),
+            cookie: self.cluster.cookie.clone(),
+            partitions: self.cluster.partitions,
+            replicas: self.cluster.replicas,
+            node_dir,
+            durability: match s.durability {
+                Durability::Sync => LogDurability::Sync,
+                Durability::Buffered => {
+                    LogDurability::Buffered(Duration::from_millis(s.flush_interval_ms.max(1)))
+                }
+            },
+            vnode_cache_bytes: s.vnode_cache_mb << 20,
+            batch_max_writes: s.batch_max_writes,
+            batch_max_bytes: s.batch_max_bytes,
+            log_segment_bytes: s.log_segment_mb << 20,
+            limits: Limits {
+                max_key_bytes: self.limits.max_key_bytes,
+                max_pair_bytes: self.limits.max_pair_bytes,
+            },
+            conflict: match self.conflicts.mode {
+                ConflictMode::Siblings => ConflictPolicy::Siblings {
+                    max_siblings: self.conflicts.max_siblings,
+                },
+                ConflictMode::Lww => ConflictPolicy::LastWriteWins,
+            },
+            routers: self.node.routers.max(1),
+            vnode_restarts: RestartBudget {
+                max_restarts: self.node.vnode_max_restarts,
+                window: Duration::from_secs(self.node.vnode_restart_window_secs),
+            },
+        })
+    }
+
+    /// Writes this configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration serializes")
+    }
+}
+
+fn parse_addr(addr: &str) -> Result<SocketAddr, ConfigError> {
+    addr.parse().map_err(|_| {
+        bad(format!(
+            "member address '{addr}' is not ip:port (for example 127.0.0.1:7401)"
+        ))
+    })
+}
+
+fn check_writable(dir: &Path) -> Result<(), ConfigError> {
+    let fail = |e: std::io::Error| {
+        bad(format!(
+            "data folder {} is not writable: {e} (fix its permissions or set cluster.data_dir)",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"ok").map_err(fail)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("cluster.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const ONE: &str = "[cluster]\ncookie = \"c\"\n[[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n";
+
+    #[test]
+    fn defaults_and_relative_data_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = ClusterConfig::load(&write(d.path(), ONE)).unwrap();
+        assert_eq!(cfg.cluster.partitions, 64);
+        assert_eq!(cfg.cluster.data_dir, d.path().join("data"));
+        assert_eq!(cfg.storage.durability, Durability::Sync);
+    }
+
+    #[test]
+    fn rejects_with_a_message_that_says_what_to_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            ("partitions = 60\n", "power of two"),
+            ("replicas = 3\n", "larger than the 1 member"),
+        ];
+        for (extra, want) in cases {
+            let body = ONE.replace("cookie = \"c\"\n", &format!("cookie = \"c\"\n{extra}"));
+            let err = ClusterConfig::load(&write(d.path(), &body)).unwrap_err();
+            assert!(err.0.contains(want), "{err} should mention {want}");
+        }
+        let cfg = ClusterConfig::load(&write(d.path(), ONE)).unwrap();
+        let err = cfg.node_settings("n9").unwrap_err();
+        assert!(err.0.contains("unknown node id 'n9'"), "{err}");
+        let bad_member = ONE.replace("127.0.0.1:7401", "localhost");
+        let err = ClusterConfig::load(&write(d.path(), &bad_member)).unwrap_err();
+        assert!(err.0.contains("not ip:port"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let body = ONE.replace(
+            "cookie = \"c\"\n",
+            &format!("cookie = \"c\"\ndata_dir = \"{}\"\n", file.display()),
+        );
+        let cfg = ClusterConfig::load(&write(d.path(), &body)).unwrap();
+        let err = cfg.node_settings("n1").unwrap_err();
+        assert!(err.0.contains("not writable"), "{err}");
+    }
+}

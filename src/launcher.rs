@@ -1,0 +1,376 @@
+//! The local multi-process cluster launcher: `ringkv cluster up | status | down`.
+//!
+//! `up` writes the effective configuration to `DIR/cluster.toml`, starts one `ringkv node`
+//! process per member, records their pids in `DIR/launcher.json`, and waits until every node
+//! answers a ping through the SDK. In the foreground it prefixes each node's output with
+//! `[id]`, copies it to `DIR/<id>/node.log`, and stops the nodes on Ctrl-C or SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, ClientConfig};
+use crate::config::{ClusterConfig, MemberConfig};
+
+/// What `cluster up` was asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Configuration to start from.
+    pub config: PathBuf,
+    /// Generate this many members on 127.0.0.1 instead of the file's list.
+    pub nodes: Option<usize>,
+    /// Data folder (defaults to the configuration's `data_dir`).
+    pub data_dir: Option<PathBuf>,
+    /// First port of generated or renumbered members.
+    pub base_port: Option<u16>,
+    /// Return once every node is ready, leaving them running.
+    pub detach: bool,
+}
+
+/// One launched node, as recorded in `launcher.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchedNode {
+    /// Node id.
+    pub id: String,
+    /// Listen address.
+    pub addr: String,
+    /// Process id.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// The launcher's state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LauncherState {
+    /// Pid of the `cluster up` process (it exits after `--detach`).
+    pub launcher_pid: u32,
+    /// The effective configuration file.
+    pub config: PathBuf,
+    /// The nodes it started.
+    pub nodes: Vec<LaunchedNode>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("launcher.json")
+}
+
+/// Reads `DIR/launcher.json`.
+pub fn read_state(dir: &Path) -> Result<LauncherState, String> {
+    let p = state_path(dir);
+    let text = std::fs::read_to_string(&p)
+        .map_err(|_| format!("no cluster launched in {} (no {})", dir.display(), p.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", p.display()))
+}
+
+/// True while a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: sending a signal to a pid we launched.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Builds the effective configuration for `up`.
+fn effective_config(opts: &UpOptions) -> Result<ClusterConfig, String> {
+    let mut cfg = ClusterConfig::load(&opts.config).map_err(|e| e.0)?;
+    if let Some(k) = opts.nodes {
+        if k == 0 {
+            return Err("--nodes must be at least 1".into());
+        }
+        let base = opts.base_port.unwrap_or(7401);
+        cfg.members = (0..k)
+            .map(|i| MemberConfig {
+                id: format!("n{}", i + 1),
+                addr: format!("127.0.0.1:{}", base as usize + i),
+            })
+            .collect();
+        cfg.cluster.replicas = cfg.cluster.replicas.min(k);
+    } else if let Some(base) = opts.base_port {
+        for (i, m) in cfg.members.iter_mut().enumerate() {
+            let ip = m.addr.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
+            m.addr = format!("{ip}:{}", base as usize + i);
+        }
+    }
+    let dir = opts.data_dir.clone().unwrap_or(cfg.cluster.data_dir.clone());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    cfg.cluster.data_dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    cfg.validate().map_err(|e| e.0)?;
+    Ok(cfg)
+}
+
+/// `ringkv cluster up`.
+pub async fn up(opts: UpOptions) -> Result<(), String> {
+    let cfg = effective_config(&opts)?;
+    let dir = cfg.cluster.data_dir.clone();
+    if let Ok(old) = read_state(&dir) {
+        let live: Vec<String> = old
+            .nodes
+            .iter()
+            .filter(|n| pid_alive(n.pid))
+            .map(|n| format!("{} (pid {})", n.id, n.pid))
+            .collect();
+        if !live.is_empty() {
+            return Err(format!(
+                "a cluster is already running in {}: {}; stop it with `ringkv cluster down --data-dir {}`",
+                dir.display(),
+                live.join(", "),
+                dir.display()
+            ));
+        }
+    }
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, cfg.to_toml())
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    for m in &cfg.members {
+        cfg.node_settings(&m.id).map_err(|e| e.0)?;
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ringkv binary: {e}"))?;
+    let mut children: Vec<Child> = Vec::new();
+    let mut launched = Vec::new();
+    for m in &cfg.members {
+        let log = dir.join(&m.id).join("node.log");
+        match spawn_node(&exe, &config_path, &m.id, &log, opts.detach) {
+            Ok(child) => {
+                launched.push(LaunchedNode {
+                    id: m.id.clone(),
+                    addr: m.addr.clone(),
+                    pid: child.id(),
+                    log,
+                });
+                children.push(child);
+            }
+            Err(e) => {
+                stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(10));
+                return Err(format!("could not start node {}: {e}", m.id));
+            }
+        }
+    }
+    let state = LauncherState {
+        launcher_pid: std::process::id(),
+        config: config_path.clone(),
+        nodes: launched.clone(),
+    };
+    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state).unwrap())
+        .map_err(|e| format!("cannot write launcher state: {e}"))?;
+
+    if let Err(e) = wait_ready(&cfg, &mut children, &launched).await {
+        stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(10));
+        reap(&mut children);
+        let _ = std::fs::remove_file(state_path(&dir));
+        return Err(e);
+    }
+    println!("ringkv: {} node(s) ready, data in {}", launched.len(), dir.display());
+    for n in &launched {
+        println!("  {}  {}  pid {}  log {}", n.id, n.addr, n.pid, n.log.display());
+    }
+    println!("  try: ringkv --config {} put hello world", config_path.display());
+    if opts.detach {
+        println!("  stop with: ringkv cluster down --data-dir {}", dir.display());
+        return Ok(());
+    }
+    println!("  Ctrl-C stops the cluster");
+    let _ = std::io::stdout().flush();
+    wait_for_stop(&mut children).await;
+    println!("ringkv: stopping {} node(s)", launched.len());
+    stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(30));
+    reap(&mut children);
+    let _ = std::fs::remove_file(state_path(&dir));
+    println!("ringkv: cluster stopped");
+    Ok(())
+}
+
+fn spawn_node(exe: &Path, config: &Path, id: &str, log: &Path, detach: bool) -> std::io::Result<Child> {
+    std::fs::create_dir_all(log.parent().unwrap())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config").arg(config).arg("node").arg("--node").arg(id);
+    cmd.stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info,ractor_cluster=warn,ractor=warn");
+    }
+    if detach {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdout(out.try_clone()?).stderr(out);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; it detaches the node from the terminal's
+        // process group so the launcher's Ctrl-C does not reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        return cmd.spawn();
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+        let id = id.to_string();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                println!("[{id}] {line}");
+                let _ = writeln!(file, "{line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+async fn wait_ready(cfg: &ClusterConfig, children: &mut [Child], nodes: &[LaunchedNode]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut client_cfg = ClientConfig::from_cluster(cfg);
+    client_cfg.connect_timeout = Duration::from_millis(500);
+    client_cfg.timeout = Duration::from_secs(2);
+    loop {
+        for (child, node) in children.iter_mut().zip(nodes) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "node {} exited during startup ({status}); last lines of {}:\n{}",
+                    node.id,
+                    node.log.display(),
+                    tail(&node.log, 15)
+                ));
+            }
+        }
+        if let Ok(client) = Client::connect(client_cfg.clone()).await {
+            let mut ready = 0;
+            for n in nodes {
+                if client.ping(Some(&n.id)).await.is_ok() {
+                    ready += 1;
+                }
+            }
+            if ready == nodes.len() {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("nodes did not become ready within 60 s; see their node.log files".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_stop(children: &mut [Child]) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = tick.tick() => {
+                for c in children.iter_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        eprintln!("ringkv: node pid {} exited ({status})", c.id());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reap(children: &mut [Child]) {
+    for c in children {
+        let _ = c.wait();
+    }
+}
+
+/// Sends SIGTERM, waits up to `grace` for each process to exit, then SIGKILLs what remains.
+fn stop_pids(pids: Vec<u32>, grace: Duration) -> Vec<(u32, bool)> {
+    for &p in &pids {
+        signal(p, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    let mut out = Vec::new();
+    for p in pids {
+        while pid_alive(p) && Instant::now() < deadline && !is_zombie(p) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let clean = !pid_alive(p) || is_zombie(p);
+        if !clean {
+            signal(p, libc::SIGKILL);
+        }
+        out.push((p, clean));
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Status of one launched node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub id: String,
+    /// Listen address.
+    pub addr: String,
+    /// Process id.
+    pub pid: u32,
+    /// `up` (answers), `unresponsive` (process alive, no answer) or `down` (no process).
+    pub status: String,
+}
+
+/// `ringkv cluster status`.
+pub async fn status(dir: &Path) -> Result<Vec<NodeReport>, String> {
+    let state = read_state(dir)?;
+    let mut client = None;
+    if let Ok(mut cc) = ClientConfig::from_file(&state.config) {
+        cc.connect_timeout = Duration::from_millis(1000);
+        cc.timeout = Duration::from_millis(1000);
+        client = Client::connect(cc).await.ok();
+    }
+    let mut out = Vec::new();
+    for n in &state.nodes {
+        let status = if !pid_alive(n.pid) || is_zombie(n.pid) {
+            "down"
+        } else {
+            match &client {
+                Some(c) if c.ping(Some(&n.id)).await.is_ok() => "up",
+                _ => "unresponsive",
+            }
+        };
+        out.push(NodeReport {
+            id: n.id.clone(),
+            addr: n.addr.clone(),
+            pid: n.pid,
+            status: status.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// `ringkv cluster down`: stops every launched node (SIGTERM, then SIGKILL after 30 s).
+pub fn down(dir: &Path) -> Result<(), String> {
+    let state = read_state(dir)?;
+    let pids: Vec<u32> = state.nodes.iter().map(|n| n.pid).filter(|&p| pid_alive(p)).collect();
+    let results = stop_pids(pids, Duration::from_secs(30));
+    for n in &state.nodes {
+        match results.iter().find(|(p, _)| *p == n.pid) {
+            Some((_, true)) => println!("stopped {} (pid {})", n.id, n.pid),
+            Some((_, false)) => println!("killed {} (pid {}) after 30 s", n.id, n.pid),
+            None => println!("{} (pid {}) was not running", n.id, n.pid),
+        }
+    }
+    std::fs::remove_file(state_path(dir)).map_err(|e| format!("cannot remove launcher state: {e}"))?;
+    Ok(())
+}

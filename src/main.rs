@@ -1,0 +1,392 @@
+//! The `ringkv` binary: node, launcher, one-shot client commands and the benchmark.
+//!
+//! Exit codes of one-shot commands: 0 success, 1 key not found (get), 2 any error (one line
+//! on stderr naming the problem).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ringkv::bench::{self, BenchOptions, KeyDistribution, Workload};
+use ringkv::config::ClusterConfig;
+use ringkv::launcher::{self, UpOptions};
+use ringkv::{Client, ClientConfig, Context, KvError, RequestOptions};
+use ringkv_actors::Node;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "A Dynamo-style distributed key-value store")]
+struct Cli {
+    /// Cluster configuration file.
+    #[arg(long, global = true, default_value = "cluster.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node in the foreground.
+    Node {
+        /// Id of the member to run (from the configuration's [[members]]).
+        #[arg(long)]
+        node: String,
+    },
+    /// Start, inspect or stop a local multi-process cluster.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+    /// Write VALUE under KEY (VALUE `-` reads standard input).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or `-` for standard input.
+        value: String,
+        /// Causal context from a previous `get --json`, to supersede what it read.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        common: OneShot,
+    },
+    /// Read KEY: prints each version; exit code 1 when absent.
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        common: OneShot,
+    },
+    /// Delete KEY.
+    Delete {
+        /// The key.
+        key: String,
+        /// Causal context from a previous `get --json`.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        common: OneShot,
+    },
+    /// Measure throughput and latency against the cluster.
+    Bench {
+        /// read | update | ping | mixed:<read percent>.
+        #[arg(long, default_value = "read")]
+        workload: Workload,
+        /// Key space size.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Value size, bytes.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Key popularity.
+        #[arg(long, value_enum, default_value = "uniform")]
+        distribution: KeyDistribution,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct OneShot {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// Request timeout in milliseconds (default from the configuration).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start every member as its own process; returns when all are ready with --detach.
+    Up {
+        /// Generate K members on 127.0.0.1 consecutive ports instead of the file's list.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Data folder (default: the configuration's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// First port for generated or renumbered members.
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Return once every node is ready, leaving them running.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show each launched node: id, address, pid, status.
+    Status {
+        /// Data folder of the launched cluster.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every launched node.
+    Down {
+        /// Data folder of the launched cluster.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Node { node } => {
+            init_tracing("info,ractor_cluster=warn,ractor=warn");
+            run_node(&cli.config, &node).await
+        }
+        Cmd::Cluster { action } => {
+            init_tracing("warn,ractor_cluster=error");
+            run_cluster(&cli.config, action).await
+        }
+        cmd => {
+            init_tracing("warn,ractor_cluster=error");
+            run_client(&cli.config, cmd).await
+        }
+    }
+}
+
+async fn run_node(config: &Path, node: &str) -> ExitCode {
+    let settings = match ClusterConfig::load(config).and_then(|c| c.node_settings(node)) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let addr = settings.me().addr;
+    let mut running = match Node::start(settings).await {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    println!("ringkv node {node} listening on {addr}");
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot install a SIGTERM handler: {e}")),
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = running.stopped() => return fail("node stopped after a core actor failed; see the log above"),
+    }
+    match running.shutdown(Duration::from_secs(60)).await {
+        Ok(()) => {
+            println!("ringkv node {node} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn default_data_dir(config: &Path, given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        ClusterConfig::load(config)
+            .map(|c| c.cluster.data_dir)
+            .unwrap_or_else(|_| PathBuf::from("data"))
+    })
+}
+
+async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
+    match action {
+        ClusterCmd::Up {
+            nodes,
+            data_dir,
+            base_port,
+            detach,
+        } => {
+            let opts = UpOptions {
+                config: config.to_path_buf(),
+                nodes,
+                data_dir,
+                base_port,
+                detach,
+            };
+            match launcher::up(opts).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        ClusterCmd::Status { data_dir, json } => {
+            let dir = default_data_dir(config, data_dir);
+            match launcher::status(&dir).await {
+                Ok(nodes) if json => {
+                    println!("{}", json!({ "nodes": nodes }));
+                    ExitCode::SUCCESS
+                }
+                Ok(nodes) => {
+                    for n in nodes {
+                        println!("{:<8} {:<22} pid {:<8} {}", n.id, n.addr, n.pid, n.status);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        ClusterCmd::Down { data_dir } => match launcher::down(&default_data_dir(config, data_dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn text_or_base64(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => json!(s),
+        Err(_) => json!({ "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes) }),
+    }
+}
+
+fn options(common: &OneShot, context: Option<&str>) -> Result<RequestOptions, KvError> {
+    Ok(RequestOptions {
+        context: context.map(Context::from_base64).transpose()?,
+        timeout: common.timeout_ms.map(Duration::from_millis),
+    })
+}
+
+async fn connect(config: &Path) -> Result<Client, KvError> {
+    let cfg = ClientConfig::from_file(config)?;
+    Client::connect(cfg).await
+}
+
+async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
+    let client = match connect(config).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match cmd {
+        Cmd::Put {
+            key,
+            value,
+            context,
+            common,
+        } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                    return fail(format!("cannot read the value from standard input: {e}"));
+                }
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let result = match options(&common, context.as_deref()) {
+                Ok(o) => client.put_with(&key, &value, &o).await,
+                Err(e) => Err(e),
+            };
+            written(result, common.json)
+        }
+        Cmd::Delete {
+            key,
+            context,
+            common,
+        } => {
+            let result = match options(&common, context.as_deref()) {
+                Ok(o) => client.delete_with(&key, &o).await,
+                Err(e) => Err(e),
+            };
+            written(result, common.json)
+        }
+        Cmd::Get { key, common } => {
+            let result = match options(&common, None) {
+                Ok(o) => client.get_with(&key, &o).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) => fail(e),
+                Ok(r) => {
+                    if common.json {
+                        let values: Vec<_> = r.values.iter().map(|v| text_or_base64(v)).collect();
+                        println!(
+                            "{}",
+                            json!({ "key": key, "found": r.found(), "values": values, "context": r.context.to_base64() })
+                        );
+                    } else {
+                        for v in &r.values {
+                            println!("{}", String::from_utf8_lossy(v));
+                        }
+                        if r.values.len() > 1 {
+                            eprintln!(
+                                "note: {} concurrent versions (siblings); resolve with put --context from get --json",
+                                r.values.len()
+                            );
+                        }
+                    }
+                    if r.found() {
+                        ExitCode::SUCCESS
+                    } else {
+                        if !common.json {
+                            eprintln!("not found: {key}");
+                        }
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
+        Cmd::Bench {
+            workload,
+            keys,
+            value_size,
+            concurrency,
+            duration,
+            distribution,
+            json,
+        } => {
+            let opts = BenchOptions {
+                workload,
+                keys,
+                value_size,
+                concurrency,
+                duration: Duration::from_secs(duration),
+                distribution,
+            };
+            match bench::run(&client, &opts).await {
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string(&report).unwrap());
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    println!("{}", report.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Node { .. } | Cmd::Cluster { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn written(result: Result<Context, KvError>, json: bool) -> ExitCode {
+    match result {
+        Ok(ctx) => {
+            if json {
+                println!("{}", json!({ "ok": true, "context": ctx.to_base64() }));
+            } else {
+                println!("OK");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
