@@ -1,9 +1,9 @@
 //! The Rust client SDK: typed messages to the cluster's router actors over ractor_cluster.
 //!
-//! A [`Client`] runs a small ractor_cluster node of its own, dials the members listed in the
-//! configuration (cookie-authenticated), and sends each request to a router actor of a node.
-//! ractor's registry is process-wide, so one `Client` per process is the intended use; clone it
-//! freely (clones share the connection).
+//! The process runs one small ractor_cluster node for all its clients; a [`Client`] dials the
+//! members listed in its configuration (cookie-authenticated), reusing live connections, and
+//! sends each request to a router actor of a node. Clone a `Client` freely. One process talks
+//! to one cluster: node ids name process-wide groups.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,7 +41,7 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Reads the members, cookie and client defaults from a `cluster.toml`.
     pub fn from_file(path: &Path) -> Result<ClientConfig, KvError> {
-        let cfg = ClusterConfig::load(path).map_err(|e| KvError::BadRequest(e.0))?;
+        let cfg = ClusterConfig::load(path).map_err(|e| KvError::InvalidConfig(e.0))?;
         Ok(ClientConfig::from_cluster(&cfg))
     }
 
@@ -125,13 +125,82 @@ impl RequestOptions {
 
 struct Inner {
     config: ClientConfig,
-    server: ActorRef<NodeServerMessage>,
     next: AtomicUsize,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.server.stop(None);
+/// Handle on this process's one client node.
+struct ClientNode {
+    cookie: String,
+    server: ActorRef<NodeServerMessage>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The process's client node. ractor's registry and process groups are process-wide and a
+/// second `NodeServer` would reuse the first one's session ids (so remote actor ids would
+/// collide); every `Client` therefore shares one node, run on a runtime of its own so it
+/// outlives the runtime of whichever caller connected first.
+static CLIENT_NODE: std::sync::OnceLock<Result<ClientNode, String>> = std::sync::OnceLock::new();
+
+fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
+    let node = CLIENT_NODE.get_or_init(|| {
+        let cookie = cookie.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ringkv-client".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("ringkv-client-rt")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("client runtime failed to start: {e}")));
+                        return;
+                    }
+                };
+                let handle = rt.handle().clone();
+                rt.block_on(async move {
+                    let server = NodeServer::new(
+                        0,
+                        cookie.clone(),
+                        format!("ringkv-client-{}", std::process::id()),
+                        "127.0.0.1".into(),
+                        None,
+                        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+                    )
+                    .with_listen_addr([127, 0, 0, 1].into());
+                    let started = Actor::spawn(None, server, ())
+                        .await
+                        .map(|(server, _)| ClientNode { cookie, server, runtime: handle })
+                        .map_err(|e| format!("client node failed to start: {e}"));
+                    let _ = tx.send(started);
+                    // Keep the runtime alive for the life of the process.
+                    std::future::pending::<()>().await;
+                });
+            })
+            .map_err(|e| format!("client thread failed to start: {e}"))
+            .and_then(|_| rx.recv().map_err(|e| e.to_string())?)
+    });
+    let node = node.as_ref().map_err(|e| KvError::NotConnected(e.clone()))?;
+    if node.cookie != cookie {
+        return Err(KvError::InvalidConfig(
+            "this process is already connected to a cluster with another cookie; use one cluster per process".into(),
+        ));
+    }
+    Ok(node)
+}
+
+/// Node ids this process already has a live session with.
+async fn connected_peers(server: &ActorRef<NodeServerMessage>) -> Vec<String> {
+    match server.call(NodeServerMessage::GetSessions, Some(Duration::from_secs(5))).await {
+        Ok(CallResult::Success(sessions)) => sessions
+            .values()
+            .filter_map(|s| s.peer_name.as_ref())
+            .filter_map(|n| n.name.split('@').next().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -149,41 +218,34 @@ impl std::fmt::Debug for Client {
     }
 }
 
-static CLIENTS: AtomicUsize = AtomicUsize::new(0);
-
 impl Client {
     /// Dials every member and returns once at least one serves requests (or fails with
     /// `NotConnected` after the connect timeout, naming the members it tried).
     pub async fn connect(config: ClientConfig) -> Result<Client, KvError> {
-        let name = format!(
-            "ringkv-client-{}-{}",
-            std::process::id(),
-            CLIENTS.fetch_add(1, Ordering::Relaxed)
-        );
-        let server = NodeServer::new(
-            0,
-            config.cookie.clone(),
-            name,
-            "127.0.0.1".into(),
-            None,
-            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr([127, 0, 0, 1].into());
-        let (server, _) = Actor::spawn(None, server, ())
-            .await
-            .map_err(|e| KvError::NotConnected(format!("client node failed to start: {e}")))?;
+        let node = client_node(&config.cookie)?;
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                server,
                 next: AtomicUsize::new(0),
             }),
         };
         let cfg = &client.inner.config;
+        let peers = connected_peers(&node.server).await;
         let mut dialed = Vec::new();
         let mut failures = Vec::new();
         for (id, addr) in &cfg.members {
-            match ractor_cluster::client_connect(&client.inner.server, addr).await {
+            if peers.contains(id) {
+                dialed.push(id.clone());
+                continue;
+            }
+            let (server, addr) = (node.server.clone(), *addr);
+            // The socket must belong to the client node's runtime, which serves the session.
+            let dial = node
+                .runtime
+                .spawn(async move { ractor_cluster::client_connect(&server, addr).await.map_err(|e| e.to_string()) })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match dial {
                 Ok(()) => dialed.push(id.clone()),
                 Err(e) => failures.push(format!("{id} at {addr}: {e}")),
             }

@@ -194,7 +194,7 @@ fn spawn_node(exe: &Path, config: &Path, id: &str, log: &Path, detach: bool) -> 
     cmd.arg("--config").arg(config).arg("node").arg("--node").arg(id);
     cmd.stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info,ractor_cluster=warn,ractor=warn");
+        cmd.env("RUST_LOG", "info,ractor_cluster=error,ractor=warn");
     }
     if detach {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;

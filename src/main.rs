@@ -144,6 +144,7 @@ fn init_tracing(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -157,7 +158,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Node { node } => {
-            init_tracing("info,ractor_cluster=warn,ractor=warn");
+            init_tracing("info,ractor_cluster=error,ractor=warn");
             run_node(&cli.config, &node).await
         }
         Cmd::Cluster { action } => {

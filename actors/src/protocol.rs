@@ -82,6 +82,9 @@ pub enum KvError {
     /// The storage engine failed; nothing was acknowledged.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The client's configuration is unusable (client side only).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// No member of the cluster could be reached.
     #[error("not connected: {0}")]
     NotConnected(String),

@@ -1,0 +1,245 @@
+//! Test harness: real `ringkv node` processes on loopback, driven through the SDK and the CLI.
+//!
+//! ractor's process-group registry is global to a process, so every test cluster uses node ids
+//! unique to it (`<prefix>1`, `<prefix>2`, …) to keep clusters in one test binary apart.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ringkv::{Client, ClientConfig};
+
+/// Path of the `ringkv` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ringkv"))
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cluster of node processes in a temporary folder.
+pub struct TestCluster {
+    /// Temporary folder holding the config and the data.
+    pub dir: tempfile::TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Node ids, in member order.
+    pub ids: Vec<String>,
+    children: Vec<Option<Child>>,
+    env: Vec<(String, String)>,
+}
+
+impl TestCluster {
+    /// Writes a config for `nodes` members named `<prefix>1..` with `extra` TOML appended
+    /// to the `[cluster]` section's neighbours, without starting anything.
+    pub fn configure(prefix: &str, nodes: usize, extra: &str) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (1..=nodes).map(|i| format!("{prefix}{i}")).collect();
+        let mut toml = String::from(
+            "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = 1\ndata_dir = \"data\"\n\n",
+        );
+        for id in &ids {
+            toml += &format!(
+                "[[members]]\nid = \"{id}\"\naddr = \"127.0.0.1:{}\"\n\n",
+                free_port()
+            );
+        }
+        toml += "[client]\ntimeout_ms = 5000\nconnect_timeout_ms = 10000\n\n";
+        toml += extra;
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).unwrap();
+        let children = ids.iter().map(|_| None).collect();
+        TestCluster {
+            dir,
+            config,
+            ids,
+            children,
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable to every node started from now on.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// Configures and starts every node, waiting until each answers a ping.
+    pub async fn start(prefix: &str, nodes: usize, extra: &str) -> TestCluster {
+        let mut c = TestCluster::configure(prefix, nodes, extra);
+        for i in 0..nodes {
+            c.spawn(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    /// The log file of node `i`.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.ids[i]))
+    }
+
+    /// Starts node `i`'s process (it must not be running).
+    pub fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("node")
+            .arg("--node")
+            .arg(&self.ids[i])
+            .env("RUST_LOG", "info,ractor_cluster=error,ractor=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.children[i] = Some(cmd.spawn().expect("ringkv node starts"));
+    }
+
+    /// Waits until every running node answers a ping through a fresh SDK connection.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for (i, c) in self.children.iter_mut().enumerate() {
+                if let Some(child) = c
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!(
+                        "node {} exited during startup ({status}):\n{}",
+                        self.ids[i],
+                        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.ids[i]))).unwrap_or_default()
+                    );
+                }
+            }
+            if let Ok(client) = Client::connect(self.client_config(Duration::from_millis(300))).await {
+                let mut all = true;
+                for (i, id) in self.ids.iter().enumerate() {
+                    if self.children[i].is_some() && client.ping(Some(id)).await.is_err() {
+                        all = false;
+                    }
+                }
+                if all {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn client_config(&self, connect_timeout: Duration) -> ClientConfig {
+        let mut cc = ClientConfig::from_file(&self.config).unwrap();
+        cc.connect_timeout = connect_timeout;
+        cc
+    }
+
+    /// A connected SDK client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config(Duration::from_secs(10)))
+            .await
+            .expect("client connects")
+    }
+
+    /// Pid of node `i`'s process.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.children[i].as_ref().expect("node running").id()
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits for a clean exit; returns its exit status success.
+    pub fn stop(&mut self, i: usize) -> bool {
+        let Some(mut child) = self.children[i].take() else {
+            return true;
+        };
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("ringkv runs")
+    }
+
+    /// The data folder of node `i`.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(&self.ids[i])
+    }
+
+    /// Node `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Runs the CLI with a given config path.
+pub fn cli_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("ringkv runs")
+}
+
+/// Creates a file (for tests that need an unwritable path).
+pub fn touch(path: &Path) {
+    File::create(path).unwrap();
+}
