@@ -74,12 +74,34 @@ pub struct MemberConfig {
 
 /// When writes are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Durability {
     /// After the commit log's fsync.
     Sync,
     /// After the in-memory commit; fsync every `flush_interval_ms`.
     Buffered,
+}
+
+impl TryFrom<String> for Durability {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "sync" => Ok(Durability::Sync),
+            "buffered" => Ok(Durability::Buffered),
+            _ => Err(format!("durability must be sync or buffered, got '{s}'")),
+        }
+    }
+}
+
+impl TryFrom<String> for ConflictMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "siblings" => Ok(ConflictMode::Siblings),
+            "lww" => Ok(ConflictMode::Lww),
+            _ => Err(format!("conflict mode must be siblings or lww, got '{s}'")),
+        }
+    }
 }
 
 /// `[storage]`.
@@ -135,7 +157,7 @@ impl Default for LimitsSection {
 
 /// Conflict handling mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum ConflictMode {
     /// Keep concurrent writes as siblings.
     Siblings,

@@ -243,3 +243,11 @@ pub fn cli_with(config: &Path, args: &[&str]) -> Output {
 pub fn touch(path: &Path) {
     File::create(path).unwrap();
 }
+
+/// True once `pid` has exited (a zombie awaiting its reaper counts as exited).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
