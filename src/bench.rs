@@ -110,7 +110,11 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
     }
     let value: Arc<Vec<u8>> = Arc::new((0..opts.value_size).map(|i| (i % 251) as u8).collect());
     let needs_load = matches!(opts.workload, Workload::Read | Workload::Mixed(_));
-    let (loaded_keys, load_rate) = if needs_load { load(client, opts, &value).await? } else { (0, 0.0) };
+    let (loaded_keys, load_rate) = if needs_load {
+        load(client, opts, &value).await?
+    } else {
+        (0, 0.0)
+    };
 
     let started = Instant::now();
     let end = started + opts.duration;
@@ -196,7 +200,11 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
 }
 
 /// Writes every key once, `concurrency` at a time; fails on the first error.
-async fn load(client: &Client, opts: &BenchOptions, value: &Arc<Vec<u8>>) -> Result<(u64, f64), String> {
+async fn load(
+    client: &Client,
+    opts: &BenchOptions,
+    value: &Arc<Vec<u8>>,
+) -> Result<(u64, f64), String> {
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
@@ -234,8 +242,17 @@ impl BenchReport {
         }
         s += &format!(
             "{} c={}: {:.0} ops/s ({} ops, {} errors in {:.1} s)\nlatency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            self.workload, self.concurrency, self.ops_per_sec, self.ops, self.errors, self.seconds,
-            self.p50_ms, self.p95_ms, self.p99_ms, self.p999_ms, self.max_ms
+            self.workload,
+            self.concurrency,
+            self.ops_per_sec,
+            self.ops,
+            self.errors,
+            self.seconds,
+            self.p50_ms,
+            self.p95_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms
         );
         for e in &self.error_samples {
             s += &format!("\nerror: {e}");

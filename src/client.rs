@@ -173,7 +173,11 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
                     .with_listen_addr([127, 0, 0, 1].into());
                     let started = Actor::spawn(None, server, ())
                         .await
-                        .map(|(server, _)| ClientNode { cookie, server, runtime: handle })
+                        .map(|(server, _)| ClientNode {
+                            cookie,
+                            server,
+                            runtime: handle,
+                        })
                         .map_err(|e| format!("client node failed to start: {e}"));
                     let _ = tx.send(started);
                     // Keep the runtime alive for the life of the process.
@@ -183,7 +187,9 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
             .map_err(|e| format!("client thread failed to start: {e}"))
             .and_then(|_| rx.recv().map_err(|e| e.to_string())?)
     });
-    let node = node.as_ref().map_err(|e| KvError::NotConnected(e.clone()))?;
+    let node = node
+        .as_ref()
+        .map_err(|e| KvError::NotConnected(e.clone()))?;
     if node.cookie != cookie {
         return Err(KvError::InvalidConfig(
             "this process is already connected to a cluster with another cookie; use one cluster per process".into(),
@@ -194,7 +200,10 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
 
 /// Node ids this process already has a live session with.
 async fn connected_peers(server: &ActorRef<NodeServerMessage>) -> Vec<String> {
-    match server.call(NodeServerMessage::GetSessions, Some(Duration::from_secs(5))).await {
+    match server
+        .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(5)))
+        .await
+    {
         Ok(CallResult::Success(sessions)) => sessions
             .values()
             .filter_map(|s| s.peer_name.as_ref())
@@ -242,7 +251,11 @@ impl Client {
             // The socket must belong to the client node's runtime, which serves the session.
             let dial = node
                 .runtime
-                .spawn(async move { ractor_cluster::client_connect(&server, addr).await.map_err(|e| e.to_string()) })
+                .spawn(async move {
+                    ractor_cluster::client_connect(&server, addr)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
             match dial {
@@ -264,7 +277,11 @@ impl Client {
                 if ready > 0 {
                     break;
                 }
-                let tried: Vec<String> = cfg.members.iter().map(|(i, a)| format!("{i} at {a}")).collect();
+                let tried: Vec<String> = cfg
+                    .members
+                    .iter()
+                    .map(|(i, a)| format!("{i} at {a}"))
+                    .collect();
                 let detail = if failures.is_empty() {
                     "connected but no node answered (wrong cookie?)".to_string()
                 } else {
@@ -317,10 +334,16 @@ impl Client {
     }
 
     fn timeout(&self, opts: Option<&RequestOptions>) -> Duration {
-        opts.and_then(|o| o.timeout).unwrap_or(self.inner.config.timeout)
+        opts.and_then(|o| o.timeout)
+            .unwrap_or(self.inner.config.timeout)
     }
 
-    async fn call<R, F>(&self, to: ActorRef<RouterMessage>, timeout: Duration, msg: F) -> Result<R, KvError>
+    async fn call<R, F>(
+        &self,
+        to: ActorRef<RouterMessage>,
+        timeout: Duration,
+        msg: F,
+    ) -> Result<R, KvError>
     where
         R: Send + 'static,
         F: FnOnce(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
@@ -328,9 +351,9 @@ impl Client {
         let started = Instant::now();
         match to.call(msg, Some(timeout)).await {
             Ok(CallResult::Success(Wire(Ok(result)))) => result,
-            Ok(CallResult::Success(Wire(Err(e)))) => {
-                Err(KvError::BadRequest(format!("undecodable reply from the node: {e}")))
-            }
+            Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(format!(
+                "undecodable reply from the node: {e}"
+            ))),
             Ok(CallResult::Timeout) => Err(KvError::Timeout),
             // ractor_cluster races two timers: a dropped reply near the deadline is a timeout.
             Ok(CallResult::SenderError) if started.elapsed() >= timeout.mul_f32(0.9) => {
@@ -343,7 +366,11 @@ impl Client {
     }
 
     /// Writes `value` under `key` (a blind write: it supersedes what the coordinating replica holds).
-    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<Context, KvError> {
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Context, KvError> {
         self.put_with(key, value, &RequestOptions::default()).await
     }
 
@@ -363,11 +390,20 @@ impl Client {
     }
 
     /// Deletes with options.
-    pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &RequestOptions) -> Result<Context, KvError> {
+    pub async fn delete_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        opts: &RequestOptions,
+    ) -> Result<Context, KvError> {
         self.write(key.as_ref(), None, opts).await
     }
 
-    async fn write(&self, key: &[u8], value: Option<&[u8]>, opts: &RequestOptions) -> Result<Context, KvError> {
+    async fn write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        opts: &RequestOptions,
+    ) -> Result<Context, KvError> {
         let request = PutRequest {
             key: ByteBuf::from(key.to_vec()),
             value: value.map(|v| ByteBuf::from(v.to_vec())),
@@ -388,7 +424,11 @@ impl Client {
     }
 
     /// Reads with options.
-    pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &RequestOptions) -> Result<GetResult, KvError> {
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        opts: &RequestOptions,
+    ) -> Result<GetResult, KvError> {
         let request = GetRequest {
             key: ByteBuf::from(key.as_ref().to_vec()),
         };
@@ -409,7 +449,10 @@ impl Client {
         let router = self.router(node)?;
         let timeout = self.timeout(None);
         match router
-            .call(|port| RouterMessage::Ping(Wire::new(PingRequest {}), port), Some(timeout))
+            .call(
+                |port| RouterMessage::Ping(Wire::new(PingRequest {}), port),
+                Some(timeout),
+            )
             .await
         {
             Ok(CallResult::Success(Wire(Ok(PingReply { node })))) => Ok(node),
@@ -430,7 +473,10 @@ impl Client {
     pub async fn node_status(&self, node: &str) -> Result<NodeStatus, KvError> {
         let admin = self.admin(node)?;
         match admin
-            .call(|port| AdminMessage::Status(Wire::new(PingRequest {}), port), Some(self.timeout(None)))
+            .call(
+                |port| AdminMessage::Status(Wire::new(PingRequest {}), port),
+                Some(self.timeout(None)),
+            )
             .await
         {
             Ok(CallResult::Success(Wire(Ok(status)))) => Ok(status),
@@ -451,7 +497,9 @@ impl Client {
         {
             Ok(CallResult::Success(Wire(Ok(result)))) => result,
             Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            _ => Err(KvError::NotConnected(format!("crash-vnode on {node} failed"))),
+            _ => Err(KvError::NotConnected(format!(
+                "crash-vnode on {node} failed"
+            ))),
         }
     }
 }

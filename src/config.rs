@@ -432,7 +432,8 @@ mod tests {
         p
     }
 
-    const ONE: &str = "[cluster]\ncookie = \"c\"\n[[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n";
+    const ONE: &str =
+        "[cluster]\ncookie = \"c\"\n[[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n";
 
     #[test]
     fn defaults_and_relative_data_dir() {

@@ -61,8 +61,13 @@ fn state_path(dir: &Path) -> PathBuf {
 /// Reads `DIR/launcher.json`.
 pub fn read_state(dir: &Path) -> Result<LauncherState, String> {
     let p = state_path(dir);
-    let text = std::fs::read_to_string(&p)
-        .map_err(|_| format!("no cluster launched in {} (no {})", dir.display(), p.display()))?;
+    let text = std::fs::read_to_string(&p).map_err(|_| {
+        format!(
+            "no cluster launched in {} (no {})",
+            dir.display(),
+            p.display()
+        )
+    })?;
     serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", p.display()))
 }
 
@@ -96,13 +101,21 @@ fn effective_config(opts: &UpOptions) -> Result<ClusterConfig, String> {
         cfg.cluster.replicas = cfg.cluster.replicas.min(k);
     } else if let Some(base) = opts.base_port {
         for (i, m) in cfg.members.iter_mut().enumerate() {
-            let ip = m.addr.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
+            let ip = m
+                .addr
+                .rsplit_once(':')
+                .map_or("127.0.0.1", |(ip, _)| ip)
+                .to_string();
             m.addr = format!("{ip}:{}", base as usize + i);
         }
     }
-    let dir = opts.data_dir.clone().unwrap_or(cfg.cluster.data_dir.clone());
+    let dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or(cfg.cluster.data_dir.clone());
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    cfg.cluster.data_dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    cfg.cluster.data_dir =
+        std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
@@ -149,7 +162,10 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
                 children.push(child);
             }
             Err(e) => {
-                stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(10));
+                stop_pids(
+                    launched.iter().map(|n| n.pid).collect(),
+                    Duration::from_secs(10),
+                );
                 return Err(format!("could not start node {}: {e}", m.id));
             }
         }
@@ -159,45 +175,83 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         config: config_path.clone(),
         nodes: launched.clone(),
     };
-    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state).unwrap())
-        .map_err(|e| format!("cannot write launcher state: {e}"))?;
+    std::fs::write(
+        state_path(&dir),
+        serde_json::to_string_pretty(&state).unwrap(),
+    )
+    .map_err(|e| format!("cannot write launcher state: {e}"))?;
 
     if let Err(e) = wait_ready(&cfg, &mut children, &launched).await {
-        stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(10));
+        stop_pids(
+            launched.iter().map(|n| n.pid).collect(),
+            Duration::from_secs(10),
+        );
         reap(&mut children);
         let _ = std::fs::remove_file(state_path(&dir));
         return Err(e);
     }
-    println!("ringkv: {} node(s) ready, data in {}", launched.len(), dir.display());
+    println!(
+        "ringkv: {} node(s) ready, data in {}",
+        launched.len(),
+        dir.display()
+    );
     for n in &launched {
-        println!("  {}  {}  pid {}  log {}", n.id, n.addr, n.pid, n.log.display());
+        println!(
+            "  {}  {}  pid {}  log {}",
+            n.id,
+            n.addr,
+            n.pid,
+            n.log.display()
+        );
     }
-    println!("  try: ringkv --config {} put hello world", config_path.display());
+    println!(
+        "  try: ringkv --config {} put hello world",
+        config_path.display()
+    );
     if opts.detach {
-        println!("  stop with: ringkv cluster down --data-dir {}", dir.display());
+        println!(
+            "  stop with: ringkv cluster down --data-dir {}",
+            dir.display()
+        );
         return Ok(());
     }
     println!("  Ctrl-C stops the cluster");
     let _ = std::io::stdout().flush();
     wait_for_stop(&mut children).await;
     println!("ringkv: stopping {} node(s)", launched.len());
-    stop_pids(launched.iter().map(|n| n.pid).collect(), Duration::from_secs(30));
+    stop_pids(
+        launched.iter().map(|n| n.pid).collect(),
+        Duration::from_secs(30),
+    );
     reap(&mut children);
     let _ = std::fs::remove_file(state_path(&dir));
     println!("ringkv: cluster stopped");
     Ok(())
 }
 
-fn spawn_node(exe: &Path, config: &Path, id: &str, log: &Path, detach: bool) -> std::io::Result<Child> {
+fn spawn_node(
+    exe: &Path,
+    config: &Path,
+    id: &str,
+    log: &Path,
+    detach: bool,
+) -> std::io::Result<Child> {
     std::fs::create_dir_all(log.parent().unwrap())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--config").arg(config).arg("node").arg("--node").arg(id);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("node")
+        .arg("--node")
+        .arg(id);
     cmd.stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,ractor_cluster=error,ractor=warn");
     }
     if detach {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         cmd.stdout(out.try_clone()?).stderr(out);
         use std::os::unix::process::CommandExt;
         // SAFETY: setsid is async-signal-safe; it detaches the node from the terminal's
@@ -214,9 +268,15 @@ fn spawn_node(exe: &Path, config: &Path, id: &str, log: &Path, detach: bool) -> 
     let mut child = cmd.spawn()?;
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
-    for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+    for stream in [
+        Box::new(out) as Box<dyn std::io::Read + Send>,
+        Box::new(err),
+    ] {
         let id = id.to_string();
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 println!("[{id}] {line}");
@@ -227,7 +287,11 @@ fn spawn_node(exe: &Path, config: &Path, id: &str, log: &Path, detach: bool) -> 
     Ok(child)
 }
 
-async fn wait_ready(cfg: &ClusterConfig, children: &mut [Child], nodes: &[LaunchedNode]) -> Result<(), String> {
+async fn wait_ready(
+    cfg: &ClusterConfig,
+    children: &mut [Child],
+    nodes: &[LaunchedNode],
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut client_cfg = ClientConfig::from_cluster(cfg);
     client_cfg.connect_timeout = Duration::from_millis(500);
@@ -262,7 +326,8 @@ async fn wait_ready(cfg: &ClusterConfig, children: &mut [Child], nodes: &[Launch
 }
 
 async fn wait_for_stop(children: &mut [Child]) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -307,7 +372,10 @@ fn stop_pids(pids: Vec<u32>, grace: Duration) -> Vec<(u32, bool)> {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -362,7 +430,12 @@ pub async fn status(dir: &Path) -> Result<Vec<NodeReport>, String> {
 /// `ringkv cluster down`: stops every launched node (SIGTERM, then SIGKILL after 30 s).
 pub fn down(dir: &Path) -> Result<(), String> {
     let state = read_state(dir)?;
-    let pids: Vec<u32> = state.nodes.iter().map(|n| n.pid).filter(|&p| pid_alive(p)).collect();
+    let pids: Vec<u32> = state
+        .nodes
+        .iter()
+        .map(|n| n.pid)
+        .filter(|&p| pid_alive(p))
+        .collect();
     let results = stop_pids(pids, Duration::from_secs(30));
     for n in &state.nodes {
         match results.iter().find(|(p, _)| *p == n.pid) {
@@ -371,6 +444,7 @@ pub fn down(dir: &Path) -> Result<(), String> {
             None => println!("{} (pid {}) was not running", n.id, n.pid),
         }
     }
-    std::fs::remove_file(state_path(dir)).map_err(|e| format!("cannot remove launcher state: {e}"))?;
+    std::fs::remove_file(state_path(dir))
+        .map_err(|e| format!("cannot remove launcher state: {e}"))?;
     Ok(())
 }

@@ -17,7 +17,11 @@ use ringkv_actors::Node;
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "ringkv", version, about = "A Dynamo-style distributed key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "A Dynamo-style distributed key-value store"
+)]
 struct Cli {
     /// Cluster configuration file.
     #[arg(long, global = true, default_value = "cluster.toml")]
@@ -245,17 +249,21 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        ClusterCmd::Down { data_dir } => match launcher::down(&default_data_dir(config, data_dir)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
+        ClusterCmd::Down { data_dir } => {
+            match launcher::down(&default_data_dir(config, data_dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
     }
 }
 
 fn text_or_base64(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {
         Ok(s) => json!(s),
-        Err(_) => json!({ "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes) }),
+        Err(_) => {
+            json!({ "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes) })
+        }
     }
 }
 

@@ -11,7 +11,13 @@ use common::{TestCluster, wait_until};
 use ringkv::Client;
 
 /// Writers putting unique keys until told to stop; returns every acknowledged (key, value).
-async fn write_load(client: &Client, writers: usize, value_size: usize, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Vec<(String, Vec<u8>)> {
+async fn write_load(
+    client: &Client,
+    writers: usize,
+    value_size: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> Vec<(String, Vec<u8>)> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -23,7 +29,14 @@ async fn write_load(client: &Client, writers: usize, value_size: usize, stop: Ar
                 let mut value = format!("value-{w}-{i}-").into_bytes();
                 value.resize(value_size.max(value.len()), b'.');
                 match client
-                    .put_with(&key, &value, &ringkv::RequestOptions { context: None, timeout: Some(Duration::from_secs(2)) })
+                    .put_with(
+                        &key,
+                        &value,
+                        &ringkv::RequestOptions {
+                            context: None,
+                            timeout: Some(Duration::from_secs(2)),
+                        },
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -51,7 +64,13 @@ async fn assert_all_present(client: &Client, acked: &[(String, Vec<u8>)]) {
             missing.push(k.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,7 +96,10 @@ async fn clean_restart_keeps_every_acknowledged_key() {
     c.spawn(0);
     c.wait_ready().await;
     let client = c.client().await;
-    assert!(!client.get(&written[0].0).await.unwrap().found(), "the delete survived too");
+    assert!(
+        !client.get(&written[0].0).await.unwrap().found(),
+        "the delete survived too"
+    );
     assert_all_present(&client, &written[1..]).await;
 }
 
@@ -85,7 +107,12 @@ async fn clean_restart_keeps_every_acknowledged_key() {
 async fn sigkill_under_sync_write_load_loses_no_acknowledged_write() {
     // Small segments make the log roll and release segments during the run, so the kill
     // also lands around checkpoints.
-    let mut c = TestCluster::start("kil", 1, "[storage]\ndurability = \"sync\"\nlog_segment_mb = 1\n").await;
+    let mut c = TestCluster::start(
+        "kil",
+        1,
+        "[storage]\ndurability = \"sync\"\nlog_segment_mb = 1\n",
+    )
+    .await;
     let client = c.client().await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
@@ -109,7 +136,10 @@ async fn sigkill_under_sync_write_load_loses_no_acknowledged_write() {
     let client = c.client().await;
     assert_all_present(&client, &written).await;
     // ~3.6 MB went through 1 MiB segments: some were released after checkpoints.
-    assert!(segments < 4, "released segments were deleted ({segments} left)");
+    assert!(
+        segments < 4,
+        "released segments were deleted ({segments} left)"
+    );
     assert!(c.log(0).contains("replaying commit log"));
 }
 

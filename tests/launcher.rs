@@ -19,8 +19,22 @@ fn write_base_config(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn status_json(config: &std::path::Path, data: &std::path::Path) -> serde_json::Value {
-    let out = cli_with(config, &["cluster", "status", "--json", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli_with(
+        config,
+        &[
+            "cluster",
+            "status",
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -32,28 +46,70 @@ fn detached_cluster_up_status_down() {
     let port = free_port().to_string();
     let out = cli_with(
         &config,
-        &["cluster", "up", "--detach", "--nodes", "2", "--base-port", &port, "--data-dir", data.to_str().unwrap()],
+        &[
+            "cluster",
+            "up",
+            "--detach",
+            "--nodes",
+            "2",
+            "--base-port",
+            &port,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let effective = data.join("cluster.toml");
-    assert!(effective.exists(), "the effective configuration is written to DIR/cluster.toml");
+    assert!(
+        effective.exists(),
+        "the effective configuration is written to DIR/cluster.toml"
+    );
     let status = status_json(&config, &data);
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2);
-    assert!(nodes.iter().all(|n| n["status"] == "up" && n["pid"].as_u64().unwrap() > 0));
-    assert_eq!(nodes[1]["addr"], format!("127.0.0.1:{}", port.parse::<u16>().unwrap() + 1));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["status"] == "up" && n["pid"].as_u64().unwrap() > 0)
+    );
+    assert_eq!(
+        nodes[1]["addr"],
+        format!("127.0.0.1:{}", port.parse::<u16>().unwrap() + 1)
+    );
 
-    assert_eq!(cli_with(&effective, &["put", "k", "v"]).status.code(), Some(0));
+    assert_eq!(
+        cli_with(&effective, &["put", "k", "v"]).status.code(),
+        Some(0)
+    );
     let got = cli_with(&effective, &["get", "k"]);
     assert_eq!(got.stdout, b"v\n");
 
-    let pids: Vec<u32> = nodes.iter().map(|n| n["pid"].as_u64().unwrap() as u32).collect();
-    let out = cli_with(&config, &["cluster", "down", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap() as u32)
+        .collect();
+    let out = cli_with(
+        &config,
+        &["cluster", "down", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for pid in pids {
         assert!(common::process_gone(pid), "node {pid} stopped");
     }
-    let out = cli_with(&config, &["cluster", "status", "--data-dir", data.to_str().unwrap()]);
+    let out = cli_with(
+        &config,
+        &["cluster", "status", "--data-dir", data.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(2), "no cluster left to report");
 }
 
@@ -64,7 +120,16 @@ fn foreground_cluster_prefixes_output_and_stops_on_ctrl_c() {
     let data = tmp.path().join("fg");
     let port = free_port().to_string();
     let mut up = Command::new(bin())
-        .args(["--config", config.to_str().unwrap(), "cluster", "up", "--base-port", &port, "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "cluster",
+            "up",
+            "--base-port",
+            &port,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -77,10 +142,17 @@ fn foreground_cluster_prefixes_output_and_stops_on_ctrl_c() {
         ready |= line.contains("node(s) ready");
         prefixed |= line.starts_with("[n1] ");
     }
-    assert!(ready && prefixed, "ready line and [n1]-prefixed node output");
+    assert!(
+        ready && prefixed,
+        "ready line and [n1]-prefixed node output"
+    );
     let status = status_json(&config, &data);
     let pid = status["nodes"][0]["pid"].as_u64().unwrap() as u32;
-    assert!(std::fs::read_to_string(data.join("n1").join("node.log")).unwrap().contains("node ready"));
+    assert!(
+        std::fs::read_to_string(data.join("n1").join("node.log"))
+            .unwrap()
+            .contains("node ready")
+    );
     // SAFETY: signalling our own child, as Ctrl-C would.
     unsafe {
         libc::kill(up.id() as libc::pid_t, libc::SIGINT);

@@ -25,12 +25,18 @@ async fn sdk_put_get_delete() {
         assert_eq!(r.value(), Some(format!("v{i}").as_bytes()));
     }
     client.put("k1", "changed").await.unwrap();
-    assert_eq!(client.get("k1").await.unwrap().values, vec![b"changed".to_vec()]);
+    assert_eq!(
+        client.get("k1").await.unwrap().values,
+        vec![b"changed".to_vec()]
+    );
     client.delete("k1").await.unwrap();
     assert!(!client.get("k1").await.unwrap().found());
     // Binary keys and values are bytes, not strings.
     client.put([0u8, 255, 1], [9u8, 0, 200]).await.unwrap();
-    assert_eq!(client.get([0u8, 255, 1]).await.unwrap().value(), Some(&[9u8, 0, 200][..]));
+    assert_eq!(
+        client.get([0u8, 255, 1]).await.unwrap().value(),
+        Some(&[9u8, 0, 200][..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,15 +46,31 @@ async fn contexts_supersede_exactly_what_they_saw() {
     client.put("doc", "v0").await.unwrap();
     let seen = client.get("doc").await.unwrap().context;
     // Two writers both start from what they read: neither saw the other.
-    client.put_with("doc", "a", &RequestOptions::with_context(seen.clone())).await.unwrap();
-    client.put_with("doc", "b", &RequestOptions::with_context(seen)).await.unwrap();
+    client
+        .put_with("doc", "a", &RequestOptions::with_context(seen.clone()))
+        .await
+        .unwrap();
+    client
+        .put_with("doc", "b", &RequestOptions::with_context(seen))
+        .await
+        .unwrap();
     let r = client.get("doc").await.unwrap();
     let mut vals = r.values.clone();
     vals.sort();
-    assert_eq!(vals, vec![b"a".to_vec(), b"b".to_vec()], "concurrent writes are siblings");
+    assert_eq!(
+        vals,
+        vec![b"a".to_vec(), b"b".to_vec()],
+        "concurrent writes are siblings"
+    );
     // A write with the context of the read that returned both resolves them.
-    client.put_with("doc", "merged", &RequestOptions::with_context(r.context)).await.unwrap();
-    assert_eq!(client.get("doc").await.unwrap().values, vec![b"merged".to_vec()]);
+    client
+        .put_with("doc", "merged", &RequestOptions::with_context(r.context))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get("doc").await.unwrap().values,
+        vec![b"merged".to_vec()]
+    );
     // A sequential writer that passes the context of its last write never sees siblings.
     let mut ctx = client.get("doc").await.unwrap().context;
     for i in 0..20 {
@@ -59,7 +81,10 @@ async fn contexts_supersede_exactly_what_they_saw() {
         assert_eq!(client.get("doc").await.unwrap().values.len(), 1);
     }
     let bad = ringkv::Context::from_base64("AAAA").unwrap();
-    let err = client.put_with("doc", "x", &RequestOptions::with_context(bad)).await.unwrap_err();
+    let err = client
+        .put_with("doc", "x", &RequestOptions::with_context(bad))
+        .await
+        .unwrap_err();
     assert!(matches!(err, KvError::BadContext(_)), "{err:?}");
 }
 
@@ -71,27 +96,44 @@ async fn limits_reject_before_storing() {
     let long_key = vec![b'k'; 1025];
     assert_eq!(
         client.put(&long_key, "v").await.unwrap_err(),
-        KvError::KeyTooLarge { size: 1025, limit: 1024 }
+        KvError::KeyTooLarge {
+            size: 1025,
+            limit: 1024
+        }
     );
     let big = vec![b'x'; 10240];
     assert_eq!(
         client.put("big", &big).await.unwrap_err(),
-        KvError::PairTooLarge { size: 10243, limit: 10240 }
+        KvError::PairTooLarge {
+            size: 10243,
+            limit: 10240
+        }
     );
     assert!(!client.get("big").await.unwrap().found(), "nothing stored");
     // Just under the limit is accepted.
     let fits = vec![b'x'; 10236];
     client.put("big", &fits).await.unwrap();
-    assert_eq!(client.get("big").await.unwrap().value().map(<[u8]>::len), Some(10236));
+    assert_eq!(
+        client.get("big").await.unwrap().value().map(<[u8]>::len),
+        Some(10236)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_put_get_delete_and_exit_codes() {
     let c = TestCluster::start("cli", 1, "").await;
     let out = c.cli(&["put", "greeting", "hello"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = c.cli(&["get", "greeting"]);
-    assert_eq!((out.status.code(), out.stdout.as_slice()), (Some(0), &b"hello\n"[..]));
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"hello\n"[..])
+    );
     let out = c.cli(&["get", "--json", "greeting"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["values"], serde_json::json!(["hello"]));
@@ -112,7 +154,11 @@ async fn cli_put_get_delete_and_exit_codes() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "error: pair too large: 11022 bytes, limit 10240"
     );
-    assert_eq!(c.cli(&["get", "kk"]).status.code(), Some(1), "nothing stored");
+    assert_eq!(
+        c.cli(&["get", "kk"]).status.code(),
+        Some(1),
+        "nothing stored"
+    );
     let out = c.cli(&["put", "", "v"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty key"));
@@ -126,11 +172,18 @@ fn cli_reports_unreachable_cluster() {
     let c = TestCluster::configure("down", 1, "");
     // Nothing is running on the configured port.
     let cfg = std::fs::read_to_string(&c.config).unwrap();
-    std::fs::write(&c.config, cfg.replace("connect_timeout_ms = 10000", "connect_timeout_ms = 500")).unwrap();
+    std::fs::write(
+        &c.config,
+        cfg.replace("connect_timeout_ms = 10000", "connect_timeout_ms = 500"),
+    )
+    .unwrap();
     let out = c.cli(&["get", "k"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: not connected: no member reachable"), "{err}");
+    assert!(
+        err.starts_with("error: not connected: no member reachable"),
+        "{err}"
+    );
 }
 
 /// A payload shaped nothing like a `PutRequest`.
@@ -143,7 +196,10 @@ struct Garbage {
 #[derive(RactorClusterMessage)]
 enum FakeRouterMessage {
     #[rpc]
-    Put(Wire<Garbage>, RpcReplyPort<Wire<Result<PutReply, WireError>>>),
+    Put(
+        Wire<Garbage>,
+        RpcReplyPort<Wire<Result<PutReply, WireError>>>,
+    ),
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,7 +212,14 @@ async fn malformed_frames_are_answered_and_harm_nothing() {
     for _ in 0..20 {
         let reply = fake
             .call(
-                |port| FakeRouterMessage::Put(Wire::new(Garbage { nonsense: vec![1, 2, 3] }), port),
+                |port| {
+                    FakeRouterMessage::Put(
+                        Wire::new(Garbage {
+                            nonsense: vec![1, 2, 3],
+                        }),
+                        port,
+                    )
+                },
                 Some(Duration::from_secs(5)),
             )
             .await
@@ -165,11 +228,17 @@ async fn malformed_frames_are_answered_and_harm_nothing() {
             CallResult::Success(Wire(Ok(Err(WireError::BadRequest(m))))) => {
                 assert!(m.contains("malformed put request"), "{m}")
             }
-            other => panic!("expected a BadRequest reply, got {:?}", matches!(other, CallResult::Success(_))),
+            other => panic!(
+                "expected a BadRequest reply, got {:?}",
+                matches!(other, CallResult::Success(_))
+            ),
         }
     }
     // The node and its vnodes are unharmed.
-    assert_eq!(client.get("before").await.unwrap().value(), Some(&b"ok"[..]));
+    assert_eq!(
+        client.get("before").await.unwrap().value(),
+        Some(&b"ok"[..])
+    );
     client.put("after", "ok").await.unwrap();
     let status = client.node_status(&c.ids[0]).await.unwrap();
     assert!(status.vnodes.iter().all(|v| v.restarts == 0));

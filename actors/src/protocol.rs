@@ -163,10 +163,16 @@ pub enum RouterMessage {
     Ping(Wire<PingRequest>, RpcReplyPort<Wire<PingReply>>),
     /// Read a key.
     #[rpc]
-    Get(Wire<GetRequest>, RpcReplyPort<Wire<Result<GetReply, KvError>>>),
+    Get(
+        Wire<GetRequest>,
+        RpcReplyPort<Wire<Result<GetReply, KvError>>>,
+    ),
     /// Write or delete a key.
     #[rpc]
-    Put(Wire<PutRequest>, RpcReplyPort<Wire<Result<PutReply, KvError>>>),
+    Put(
+        Wire<PutRequest>,
+        RpcReplyPort<Wire<Result<PutReply, KvError>>>,
+    ),
 }
 
 /// A vnode's health as the admin actor reports it.
@@ -219,7 +225,10 @@ pub enum AdminMessage {
     Status(Wire<PingRequest>, RpcReplyPort<Wire<NodeStatus>>),
     /// Make one vnode fail so its supervisor restarts it (fault injection for tests and drills).
     #[rpc]
-    CrashVnode(Wire<CrashVnodeRequest>, RpcReplyPort<Wire<Result<(), KvError>>>),
+    CrashVnode(
+        Wire<CrashVnodeRequest>,
+        RpcReplyPort<Wire<Result<(), KvError>>>,
+    ),
 }
 
 /// The pg group holding a node's router actors.

@@ -20,7 +20,11 @@ pub fn bin() -> PathBuf {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
@@ -131,11 +135,16 @@ impl TestCluster {
                     panic!(
                         "node {} exited during startup ({status}):\n{}",
                         self.ids[i],
-                        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.ids[i]))).unwrap_or_default()
+                        std::fs::read_to_string(
+                            self.dir.path().join(format!("{}.log", self.ids[i]))
+                        )
+                        .unwrap_or_default()
                     );
                 }
             }
-            if let Ok(client) = Client::connect(self.client_config(Duration::from_millis(300))).await {
+            if let Ok(client) =
+                Client::connect(self.client_config(Duration::from_millis(300))).await
+            {
                 let mut all = true;
                 for (i, id) in self.ids.iter().enumerate() {
                     if self.children[i].is_some() && client.ping(Some(id)).await.is_err() {
@@ -248,6 +257,8 @@ pub fn touch(path: &Path) {
 pub fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }

@@ -13,12 +13,15 @@ use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 use crate::actors::admin::{Admin, AdminArgs};
 use crate::actors::router::{Router, RouterArgs};
 use crate::actors::vnode::VnodeMessage;
-use crate::actors::vnode_supervisor::{VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage};
+use crate::actors::vnode_supervisor::{
+    VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage,
+};
 use crate::core::ring::Ring;
 use crate::partition_table::PartitionTable;
 use crate::protocol::{RouterMessage, admin_group, router_group};
 use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
+use crate::storage::vnode_store::EncodedPairs;
 
 /// Messages the node supervisor accepts (local only).
 #[derive(RactorMessage)]
@@ -46,7 +49,10 @@ pub struct NodeSupervisorState {
 }
 
 impl NodeSupervisorState {
-    async fn spawn_router(&mut self, myself: &ActorRef<NodeSupervisorMessage>) -> Result<(), ActorProcessingErr> {
+    async fn spawn_router(
+        &mut self,
+        myself: &ActorRef<NodeSupervisorMessage>,
+    ) -> Result<(), ActorProcessingErr> {
         let args = RouterArgs {
             node_id: self.settings.node_id.clone(),
             ring: self.ring.clone(),
@@ -54,7 +60,10 @@ impl NodeSupervisorState {
             limits: self.settings.limits,
         };
         let (router, _) = Actor::spawn_linked(None, Router, args, myself.get_cell()).await?;
-        ractor::pg::join(router_group(&self.settings.node_id), vec![router.get_cell()]);
+        ractor::pg::join(
+            router_group(&self.settings.node_id),
+            vec![router.get_cell()],
+        );
         self.routers.push(router);
         Ok(())
     }
@@ -82,9 +91,12 @@ impl Actor for NodeSupervisor {
         if !recovered.is_empty() {
             tracing::info!(entries = recovered.len(), "replaying commit log");
         }
-        let mut replay: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+        let mut replay: HashMap<u32, EncodedPairs> = HashMap::new();
         for e in recovered {
-            replay.entry(e.partition).or_default().push((e.key, e.object));
+            replay
+                .entry(e.partition)
+                .or_default()
+                .push((e.key, e.object));
         }
 
         let vnode_args = VnodeSupervisorArgs {
@@ -109,7 +121,10 @@ impl Actor for NodeSupervisor {
             .name("log-sealed".into())
             .spawn(move || {
                 while let Ok(id) = sealed.recv() {
-                    if sealed_to.cast(VnodeSupervisorMessage::SegmentSealed(id)).is_err() {
+                    if sealed_to
+                        .cast(VnodeSupervisorMessage::SegmentSealed(id))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -179,9 +194,14 @@ impl Actor for NodeSupervisor {
                 }
                 state.admin.stop(None);
                 for (p, v) in state.table.serving() {
-                    let flushed = v.call(VnodeMessage::Flush, Some(Duration::from_secs(30))).await;
+                    let flushed = v
+                        .call(VnodeMessage::Flush, Some(Duration::from_secs(30)))
+                        .await;
                     if !matches!(flushed, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
-                        tracing::warn!(partition = p, "vnode did not checkpoint at shutdown; the commit log keeps its writes");
+                        tracing::warn!(
+                            partition = p,
+                            "vnode did not checkpoint at shutdown; the commit log keeps its writes"
+                        );
                     }
                     v.stop(None);
                 }
@@ -208,10 +228,16 @@ impl Actor for NodeSupervisor {
         }
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_default())
+            }
             _ => return Ok(()),
         };
-        if let Some(i) = state.routers.iter().position(|r| r.get_id() == cell.get_id()) {
+        if let Some(i) = state
+            .routers
+            .iter()
+            .position(|r| r.get_id() == cell.get_id())
+        {
             // Routers hold no state of their own: replace the one that died.
             state.routers.remove(i);
             tracing::warn!(reason = %why, "router stopped; replacing it");

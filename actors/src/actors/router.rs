@@ -14,7 +14,7 @@ use crate::core::limits::Limits;
 use crate::core::ring::Ring;
 use crate::partition_table::PartitionTable;
 use crate::protocol::{
-    GetReply, GetRequest, KvError, PingReply, PutRequest, PutReplyPort, RouterMessage, Wire,
+    GetReply, GetRequest, KvError, PingReply, PutReplyPort, PutRequest, RouterMessage, Wire,
     decode_context, encode_context,
 };
 use crate::storage::vnode_store::VnodeStore;
@@ -88,10 +88,10 @@ fn bad_frame(what: &str, e: impl std::fmt::Display) -> KvError {
 fn get(state: &RouterArgs, req: &GetRequest) -> Result<GetReply, KvError> {
     state.limits.check_key(&req.key)?;
     let partition = state.ring.partition_of(&req.key);
-    let db = state.table.reader(partition).ok_or(KvError::Unavailable {
-        needed: 1,
-        got: 0,
-    })?;
+    let db = state
+        .table
+        .reader(partition)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
     let object = VnodeStore::read(&db, &req.key)
         .map_err(|e| KvError::Storage(e.0))?
         .unwrap_or_default();

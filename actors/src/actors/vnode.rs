@@ -19,7 +19,7 @@ use crate::core::version::{ConflictPolicy, Object, VersionVector};
 use crate::partition_table::PartitionTable;
 use crate::protocol::{KvError, PutReply, PutReplyPort, VnodeHealth, Wire, encode_context};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
-use crate::storage::vnode_store::{StoreError, VnodeStore};
+use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 
 /// One client write waiting for the next commit.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ pub struct VnodeArgs {
     /// Where the vnode publishes itself once serving.
     pub table: Arc<PartitionTable>,
     /// Log entries to restore before serving; `None` reads this partition's from the log.
-    pub replay: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub replay: Option<EncodedPairs>,
 }
 
 /// A vnode's running state.
@@ -137,7 +137,11 @@ impl Actor for Vnode {
         })?;
         args.table
             .serve(args.partition, myself.clone(), store.reader());
-        tracing::debug!(partition = args.partition, elapsed_ms = started.elapsed().as_millis() as u64, "vnode serving");
+        tracing::debug!(
+            partition = args.partition,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "vnode serving"
+        );
         Ok(VnodeState {
             args,
             store,

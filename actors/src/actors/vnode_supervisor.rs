@@ -15,6 +15,7 @@ use crate::partition_table::PartitionTable;
 use crate::protocol::VnodeHealth;
 use crate::settings::RestartBudget;
 use crate::storage::commit_log::{CommitLog, LogDurability};
+use crate::storage::vnode_store::EncodedPairs;
 
 /// Messages the vnode supervisor accepts (local only).
 #[derive(RactorMessage)]
@@ -59,7 +60,7 @@ pub struct VnodeSupervisorArgs {
     /// The node's partition registry.
     pub table: Arc<PartitionTable>,
     /// Commit log entries recovered at startup, per partition.
-    pub replay: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub replay: HashMap<u32, EncodedPairs>,
 }
 
 /// The vnode supervisor's state.
@@ -80,7 +81,7 @@ impl VnodeSupervisorState {
         &mut self,
         myself: &ActorRef<VnodeSupervisorMessage>,
         partition: u32,
-        replay: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+        replay: Option<EncodedPairs>,
     ) -> Result<(), ActorProcessingErr> {
         let a = &self.args;
         let args = VnodeArgs {
@@ -107,7 +108,10 @@ impl VnodeSupervisorState {
         let budget = self.args.budget;
         let now = Instant::now();
         let times = self.restarts.entry(partition).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) > budget.window) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > budget.window)
+        {
             times.pop_front();
         }
         times.push_back(now);
@@ -126,7 +130,10 @@ impl VnodeSupervisorState {
                     .call(VnodeMessage::Flush, Some(Duration::from_secs(30)))
                     .await;
                 if !matches!(r, Ok(ractor::rpc::CallResult::Success(Ok(())))) {
-                    tracing::warn!(partition = p, "vnode checkpoint did not complete; keeping the log segment");
+                    tracing::warn!(
+                        partition = p,
+                        "vnode checkpoint did not complete; keeping the log segment"
+                    );
                     ok = false;
                 }
             }
@@ -183,7 +190,8 @@ impl Actor for VnodeSupervisor {
                     tracing::debug!(segment, "commit log segments released");
                 } else {
                     // Retry with the next sealed segment; released ids are cumulative.
-                    state.next_segment = Some(state.next_segment.map_or(segment, |s| s.max(segment)));
+                    state.next_segment =
+                        Some(state.next_segment.map_or(segment, |s| s.max(segment)));
                 }
                 if ok && let Some(next) = state.next_segment.take() {
                     state.start_checkpoint(&myself, next);

@@ -60,7 +60,13 @@ mod tests {
     #[test]
     fn object_round_trips_and_starts_with_format_byte() {
         let mut o = Object::default();
-        o.update("n1", None, Some(b"v".to_vec()), 7, ConflictPolicy::default());
+        o.update(
+            "n1",
+            None,
+            Some(b"v".to_vec()),
+            7,
+            ConflictPolicy::default(),
+        );
         let bytes = encode_object(&o);
         assert_eq!(bytes[0], OBJECT_FORMAT_V1);
         assert_eq!(decode_object(&bytes).unwrap(), o);
@@ -69,7 +75,10 @@ mod tests {
     #[test]
     fn unknown_format_and_empty_are_errors() {
         assert_eq!(decode_object(&[]), Err(DecodeError::Empty));
-        assert_eq!(decode_object(&[9, 1, 2]), Err(DecodeError::UnknownFormat(9)));
+        assert_eq!(
+            decode_object(&[9, 1, 2]),
+            Err(DecodeError::UnknownFormat(9))
+        );
     }
 
     proptest! {

@@ -62,12 +62,18 @@ mod tests {
         assert!(l.check_key(&[0; 1024]).is_ok());
         assert_eq!(
             l.check_key(&[0; 1025]),
-            Err(KvError::KeyTooLarge { size: 1025, limit: 1024 })
+            Err(KvError::KeyTooLarge {
+                size: 1025,
+                limit: 1024
+            })
         );
         assert!(l.check_pair(b"k", &[0; 10238]).is_ok());
         assert_eq!(
             l.check_pair(b"k", &[0; 10239]),
-            Err(KvError::PairTooLarge { size: 10240, limit: 10240 })
+            Err(KvError::PairTooLarge {
+                size: 10240,
+                limit: 10240
+            })
         );
     }
 }

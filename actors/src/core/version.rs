@@ -140,7 +140,9 @@ impl Object {
         let mut kept: Vec<Sibling> = self
             .siblings
             .iter()
-            .filter(|s| !other.clock.covers(&s.dot) || other.siblings.iter().any(|o| o.dot == s.dot))
+            .filter(|s| {
+                !other.clock.covers(&s.dot) || other.siblings.iter().any(|o| o.dot == s.dot)
+            })
             .cloned()
             .collect();
         for s in &other.siblings {
@@ -246,7 +248,10 @@ mod tests {
         assert!(a.is_deleted());
         let mut b = old;
         b.merge(&a, SIBS);
-        assert!(b.is_deleted(), "an older replica copy must not resurrect the value");
+        assert!(
+            b.is_deleted(),
+            "an older replica copy must not resurrect the value"
+        );
     }
 
     #[test]
@@ -266,8 +271,20 @@ mod tests {
     fn last_write_wins_keeps_the_newest() {
         let mut a = Object::default();
         let mut b = Object::default();
-        a.update("a", None, Some(b"old".to_vec()), 5, ConflictPolicy::LastWriteWins);
-        b.update("b", None, Some(b"new".to_vec()), 9, ConflictPolicy::LastWriteWins);
+        a.update(
+            "a",
+            None,
+            Some(b"old".to_vec()),
+            5,
+            ConflictPolicy::LastWriteWins,
+        );
+        b.update(
+            "b",
+            None,
+            Some(b"new".to_vec()),
+            9,
+            ConflictPolicy::LastWriteWins,
+        );
         a.merge(&b, ConflictPolicy::LastWriteWins);
         assert_eq!(vals(&a), vec![b"new".to_vec()]);
     }

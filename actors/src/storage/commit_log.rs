@@ -146,7 +146,11 @@ pub fn read_entries(dir: &Path, only: Option<u32>) -> io::Result<Vec<LogEntry>> 
         };
         let (entries, clean) = decode_records(&bytes);
         if !clean {
-            tracing::warn!(segment = id, kept = entries.len(), "commit log segment has a torn or corrupt tail; replaying the valid prefix");
+            tracing::warn!(
+                segment = id,
+                kept = entries.len(),
+                "commit log segment has a torn or corrupt tail; replaying the valid prefix"
+            );
         }
         all.extend(
             entries
@@ -357,7 +361,9 @@ impl Writer {
     }
 
     fn release(&self, through: u64) {
-        let Ok(ids) = segment_ids(&self.dir) else { return };
+        let Ok(ids) = segment_ids(&self.dir) else {
+            return;
+        };
         for id in ids.into_iter().filter(|&id| id <= through && id != self.id) {
             if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
                 tracing::warn!(segment = id, error = %e, "could not delete released log segment");
@@ -391,9 +397,16 @@ mod tests {
         rx.recv().unwrap();
         log.shutdown();
         h.join().unwrap();
-        assert_eq!(read_entries(dir.path(), Some(2)).unwrap(), vec![entry(2, "b", "y")]);
+        assert_eq!(
+            read_entries(dir.path(), Some(2)).unwrap(),
+            vec![entry(2, "b", "y")]
+        );
         let (_log, sealed, _h) = CommitLog::open(dir.path(), LogDurability::Sync, 1 << 20).unwrap();
-        assert_eq!(sealed.recv().unwrap(), 0, "the old segment is offered for release");
+        assert_eq!(
+            sealed.recv().unwrap(),
+            0,
+            "the old segment is offered for release"
+        );
     }
 
     #[test]
@@ -401,7 +414,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, sealed, _h) = CommitLog::open(dir.path(), LogDurability::Sync, 64).unwrap();
         for i in 0..10 {
-            log.append(vec![entry(0, &format!("k{i}"), "0123456789012345678901234567890123456789")], None);
+            log.append(
+                vec![entry(
+                    0,
+                    &format!("k{i}"),
+                    "0123456789012345678901234567890123456789",
+                )],
+                None,
+            );
             assert!(log.barrier());
         }
         let last = sealed.try_iter().last().expect("segments were sealed");

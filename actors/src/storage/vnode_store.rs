@@ -32,6 +32,9 @@ pub struct VnodeStore {
 /// A write to apply in a batch: the key and the object computed for it.
 pub type StoredPair = (Vec<u8>, Object);
 
+/// Keys with their encoded objects, as written to the file and the commit log.
+pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 impl VnodeStore {
     /// Opens (or creates) the file with a bounded page cache and makes sure the table exists.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<VnodeStore, StoreError> {
@@ -73,7 +76,7 @@ impl VnodeStore {
     /// Runs one write transaction: `update` sees the current object of each key it asks for
     /// and returns the objects to store. Commits durably only when `durable` is set; otherwise
     /// the commit lives in memory until the next durable one (the commit log covers it).
-    pub fn write_batch<F>(&self, durable: bool, update: F) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>
+    pub fn write_batch<F>(&self, durable: bool, update: F) -> Result<EncodedPairs, StoreError>
     where
         F: FnOnce(&mut dyn FnMut(&[u8]) -> Result<Option<Object>, StoreError>) -> Vec<StoredPair>,
     {
@@ -88,7 +91,9 @@ impl VnodeStore {
                 let mut lookup = |key: &[u8]| -> Result<Option<Object>, StoreError> {
                     match table.get(key).map_err(|e| err("get", e))? {
                         None => Ok(None),
-                        Some(v) => decode_object(v.value()).map(Some).map_err(|e| err("decode", e)),
+                        Some(v) => decode_object(v.value())
+                            .map(Some)
+                            .map_err(|e| err("decode", e)),
                     }
                 };
                 update(&mut lookup)
