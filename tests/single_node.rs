@@ -244,3 +244,23 @@ async fn malformed_frames_are_answered_and_harm_nothing() {
     assert!(status.vnodes.iter().all(|v| v.restarts == 0));
     assert!(c.log(0).contains("dropped a malformed request"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_cookie_is_refused() {
+    let c = TestCluster::start("cookie", 1, "").await;
+    let other = c.dir.path().join("wrong-cookie.toml");
+    let cfg = std::fs::read_to_string(&c.config).unwrap();
+    let cfg = cfg
+        .replace("test-cookie", "not-the-cookie")
+        .replace("connect_timeout_ms = 10000", "connect_timeout_ms = 1000");
+    std::fs::write(&other, cfg).unwrap();
+    let out = common::cli_with(&other, &["put", "k", "v"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no node answered (wrong cookie?)"), "{err}");
+    assert_eq!(
+        c.cli(&["get", "k"]).status.code(),
+        Some(1),
+        "nothing was written"
+    );
+}

@@ -93,7 +93,7 @@ fn get(state: &RouterArgs, req: &GetRequest) -> Result<GetReply, KvError> {
         .reader(partition)
         .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
     let object = VnodeStore::read(&db, &req.key)
-        .map_err(|e| KvError::Storage(e.0))?
+        .map_err(|e| KvError::Storage(e.to_string()))?
         .unwrap_or_default();
     Ok(GetReply {
         values: object.values().map(|v| ByteBuf::from(v.to_vec())).collect(),

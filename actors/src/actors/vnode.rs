@@ -97,7 +97,7 @@ fn open_store(args: &VnodeArgs) -> Result<VnodeStore, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match VnodeStore::open(&args.path, args.cache_bytes) {
-            Err(e) if e.0.contains("already open") && Instant::now() < deadline => {
+            Err(StoreError::Locked) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             other => return other,
@@ -178,7 +178,7 @@ impl Actor for Vnode {
                 commit(state)?;
                 let result = tokio::task::block_in_place(|| state.store.checkpoint());
                 let failed = result.is_err();
-                let _ = reply.send(result.map_err(|e| e.0));
+                let _ = reply.send(result.map_err(|e| e.to_string()));
                 if failed {
                     return Err("vnode checkpoint failed".into());
                 }
@@ -246,7 +246,9 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         Ok(w) => w,
         Err(e) => {
             for op in ops {
-                let _ = op.reply.send(Wire::new(Err(KvError::Storage(e.0.clone()))));
+                let _ = op
+                    .reply
+                    .send(Wire::new(Err(KvError::Storage(e.to_string()))));
             }
             return Err(format!("vnode {} commit failed: {e}", state.args.partition).into());
         }

@@ -12,13 +12,19 @@ use crate::core::version::Object;
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 
-/// A storage failure, as text: it is reported to clients and logged, never matched on.
+/// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Another handle still holds the file open (a reader that outlived the previous vnode).
+    #[error("vnode file is still open elsewhere")]
+    Locked,
+    /// Anything else, as text for logs and clients.
+    #[error("{0}")]
+    Other(String),
+}
 
 fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("{context}: {e}"))
+    StoreError::Other(format!("{context}: {e}"))
 }
 
 /// An open vnode file. Reads go through [`VnodeStore::reader`] handles so they never queue
@@ -41,7 +47,10 @@ impl VnodeStore {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
-            .map_err(|e| err("open", e))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
+                e => err("open", e),
+            })?;
         let txn = db.begin_write().map_err(|e| err("begin", e))?;
         txn.open_table(DATA).map_err(|e| err("table", e))?;
         txn.commit().map_err(|e| err("commit", e))?;
