@@ -166,3 +166,29 @@ async fn environment_overrides_the_file() {
     let pairs: Vec<(String, Vec<u8>)> = expect.into_iter().collect();
     assert_all_present(&client, &pairs).await;
 }
+
+/// The highest counter of `node` a context names.
+fn counter_in(ctx: &ringkv::Context, node: &str) -> u64 {
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, ctx.to_base64()).unwrap();
+    ringkv_actors::protocol::decode_context(&bytes).unwrap().max_counter(node)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_counters_are_never_reissued_after_a_crash() {
+    let mut c = TestCluster::start("dots", 1, "").await;
+    let node = c.ids[0].clone();
+    let client = c.client().await;
+    let mut highest = 0;
+    for i in 0..50 {
+        let ctx = client.put(format!("k{i}"), "v").await.unwrap();
+        highest = highest.max(counter_in(&ctx, &node));
+    }
+    assert!(highest > 0);
+    drop(client);
+    c.kill(0);
+    c.spawn(0);
+    c.wait_ready().await;
+    let client = c.client().await;
+    let after = client.put("fresh", "v").await.unwrap();
+    assert!(counter_in(&after, &node) > highest, "a counter issued before the crash was reused");
+}

@@ -74,11 +74,16 @@ impl PartitionTable {
     /// Withdraws a partition's vnode (stopped or failed), releasing its file handle.
     pub fn withdraw(&self, partition: u32, health: VnodeHealth) {
         if let Some(s) = self.slot(partition) {
-            *s.live.write().unwrap() = Live {
-                health,
-                vnode: None,
-                reader: None,
-            };
+            let old = std::mem::replace(
+                &mut *s.live.write().unwrap(),
+                Live {
+                    health,
+                    vnode: None,
+                    reader: None,
+                },
+            );
+            // Dropping the last handle closes the file (a durable commit): not under the lock.
+            drop(old);
         }
     }
 

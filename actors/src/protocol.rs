@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 
 use crate::core::codec::{DecodeError, decode_wire, encode_wire};
-use crate::core::version::VersionVector;
+use crate::core::version::CausalContext;
 
 /// A MessagePack payload that decodes to an error rather than panicking.
 #[derive(Debug)]
@@ -90,15 +90,15 @@ pub enum KvError {
     NotConnected(String),
 }
 
-/// An opaque causal context as clients see it: the encoded version vector of what they read.
-pub fn encode_context(vv: &VersionVector) -> Vec<u8> {
+/// An opaque causal context as clients see it: a format byte and the encoded context.
+pub fn encode_context(ctx: &CausalContext) -> Vec<u8> {
     let mut out = vec![1u8];
-    out.extend(encode_wire(vv));
+    out.extend(encode_wire(ctx));
     out
 }
 
 /// Decodes a context a client passed back; rejects anything this cluster did not produce.
-pub fn decode_context(bytes: &[u8]) -> Result<VersionVector, KvError> {
+pub fn decode_context(bytes: &[u8]) -> Result<CausalContext, KvError> {
     match bytes.split_first() {
         Some((1, body)) => decode_wire(body).map_err(|e| KvError::BadContext(e.to_string())),
         _ => Err(KvError::BadContext("unknown context format".into())),

@@ -21,11 +21,14 @@ use crate::partition_table::PartitionTable;
 use crate::protocol::{RouterMessage, admin_group, router_group};
 use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
+use crate::storage::dot_sequence::DotSequence;
 use crate::storage::vnode_store::EncodedPairs;
 
 /// Messages the node supervisor accepts (local only).
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMessage {
+    /// The commit log writer stopped on an I/O error: no write can be made durable any more.
+    LogStopped,
     /// Stop accepting requests, make every acknowledged write durable, stop every child.
     Shutdown(RpcReplyPort<()>),
 }
@@ -84,6 +87,8 @@ impl Actor for NodeSupervisor {
         let local = ring.partitions_of(&settings.node_id);
         let table = Arc::new(PartitionTable::new(settings.partitions, &local));
 
+        std::fs::create_dir_all(&settings.node_dir)?;
+        let dots = Arc::new(DotSequence::open(&settings.node_dir.join("dot-sequence"))?);
         let log_dir = settings.node_dir.join("commitlog");
         let (log, sealed, log_thread) =
             CommitLog::open(&log_dir, settings.durability, settings.log_segment_bytes)?;
@@ -105,6 +110,7 @@ impl Actor for NodeSupervisor {
             partitions: local.clone(),
             cache_bytes: settings.vnode_cache_bytes,
             log: log.clone(),
+            dots,
             durability: settings.durability,
             conflict: settings.conflict,
             batch_max_writes: settings.batch_max_writes,
@@ -115,19 +121,16 @@ impl Actor for NodeSupervisor {
         };
         let (vnodes, _) =
             Actor::spawn_linked(None, VnodeSupervisor, vnode_args, myself.get_cell()).await?;
-        let sealed_to = vnodes.clone();
-        // The writer thread reports sealed segments on a blocking channel; relay them.
+        let (sealed_to, me) = (vnodes.clone(), myself.clone());
+        // The writer thread reports sealed segments on a blocking channel; relay them. The
+        // channel closes when the writer exits, which outside shutdown means it failed.
         std::thread::Builder::new()
             .name("log-sealed".into())
             .spawn(move || {
                 while let Ok(id) = sealed.recv() {
-                    if sealed_to
-                        .cast(VnodeSupervisorMessage::SegmentSealed(id))
-                        .is_err()
-                    {
-                        break;
-                    }
+                    let _ = sealed_to.cast(VnodeSupervisorMessage::SegmentSealed(id));
                 }
+                let _ = me.cast(NodeSupervisorMessage::LogStopped);
             })?;
 
         let admin_args = AdminArgs {
@@ -185,6 +188,12 @@ impl Actor for NodeSupervisor {
         state: &mut NodeSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            NodeSupervisorMessage::LogStopped => {
+                if !state.stopping {
+                    tracing::error!("commit log writer stopped; stopping the node");
+                    myself.stop(Some("commit log failed".into()));
+                }
+            }
             NodeSupervisorMessage::Shutdown(reply) => {
                 state.stopping = true;
                 tracing::info!("shutting down");

@@ -97,7 +97,7 @@ fn get(state: &RouterArgs, req: &GetRequest) -> Result<GetReply, KvError> {
         .unwrap_or_default();
     Ok(GetReply {
         values: object.values().map(|v| ByteBuf::from(v.to_vec())).collect(),
-        context: ByteBuf::from(encode_context(object.context())),
+        context: ByteBuf::from(encode_context(&object.read_context())),
     })
 }
 

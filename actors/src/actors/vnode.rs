@@ -15,10 +15,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde_bytes::ByteBuf;
 
-use crate::core::version::{ConflictPolicy, Object, VersionVector};
+use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
 use crate::protocol::{KvError, PutReply, PutReplyPort, VnodeHealth, Wire, encode_context};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
+use crate::storage::dot_sequence::DotSequence;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 
 /// One client write waiting for the next commit.
@@ -28,8 +29,8 @@ pub struct WriteOp {
     pub key: Vec<u8>,
     /// The new value, or `None` to delete.
     pub value: Option<Vec<u8>>,
-    /// What the client had read; `None` for a blind write.
-    pub context: Option<VersionVector>,
+    /// What the client had seen; `None` for a blind write.
+    pub context: Option<CausalContext>,
     /// Where the acknowledgement goes.
     pub reply: PutReplyPort,
 }
@@ -63,6 +64,8 @@ pub struct VnodeArgs {
     pub cache_bytes: usize,
     /// The node's commit log.
     pub log: CommitLog,
+    /// The node's dot counter sequence.
+    pub dots: Arc<DotSequence>,
     /// When writes are acknowledged.
     pub durability: LogDurability,
     /// Sibling bound or last-write-wins.
@@ -123,7 +126,9 @@ impl Actor for Vnode {
                 None => {
                     // Writes this partition sent the log before a crash may still be queued
                     // there; the barrier makes them visible to the read below.
-                    args.log.barrier();
+                    if !args.log.barrier() {
+                        return Err("commit log stopped; cannot replay".into());
+                    }
                     read_entries(args.log.dir(), Some(args.partition))?
                         .into_iter()
                         .map(|e| (e.key, e.object))
@@ -204,6 +209,38 @@ impl Actor for Vnode {
     }
 }
 
+/// Computes one write's new object; the error is the op's reply when it cannot apply.
+fn apply_op(
+    object: &mut Object,
+    op: &WriteOp,
+    node: &str,
+    dots: &DotSequence,
+    now: u64,
+    conflict: ConflictPolicy,
+) -> Result<CausalContext, KvError> {
+    if let Some(ctx) = &op.context
+        && ctx.max_counter(node) >= dots.issued_below()
+    {
+        return Err(KvError::BadContext(format!(
+            "it names writes node {node} never made"
+        )));
+    }
+    let floor = object
+        .next_counter_floor(node, op.context.as_ref())
+        .ok_or_else(|| KvError::BadContext("counter out of range".into()))?;
+    let counter = dots
+        .next_at_least(floor)
+        .map_err(|e| KvError::Storage(format!("dot sequence: {e}")))?;
+    Ok(object.update(
+        node,
+        counter,
+        op.context.as_ref(),
+        op.value.clone(),
+        now,
+        conflict,
+    ))
+}
+
 /// Applies every queued write in one in-memory transaction and hands the results to the log.
 fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if state.pending.is_empty() {
@@ -211,31 +248,31 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     }
     let ops = std::mem::take(&mut state.pending);
     state.pending_bytes = 0;
-    let node = state.args.node_id.clone();
-    let conflict = state.args.conflict;
+    let (node, dots) = (state.args.node_id.clone(), state.args.dots.clone());
+    let (conflict, partition) = (state.args.conflict, state.args.partition);
     let now = now_ms();
-    let mut contexts: Vec<VersionVector> = Vec::with_capacity(ops.len());
+    let mut outcomes: Vec<Result<CausalContext, KvError>> = Vec::with_capacity(ops.len());
     let result = state.store.write_batch(false, |lookup| {
         // Several writes to one key in a batch apply in arrival order.
         let mut latest: HashMap<&[u8], Object> = HashMap::new();
         let mut order: Vec<&[u8]> = Vec::new();
         for op in &ops {
-            let object = match latest.get_mut(op.key.as_slice()) {
-                Some(o) => o,
-                None => {
-                    let current = match lookup(&op.key) {
-                        Ok(o) => o.unwrap_or_default(),
-                        Err(e) => {
-                            tracing::error!(partition = state.args.partition, error = %e, "unreadable object; overwriting it");
-                            Object::default()
-                        }
-                    };
-                    order.push(&op.key);
-                    latest.entry(&op.key).or_insert(current)
+            if !latest.contains_key(op.key.as_slice()) {
+                match lookup(&op.key) {
+                    Ok(current) => {
+                        order.push(&op.key);
+                        latest.insert(&op.key, current.unwrap_or_default());
+                    }
+                    Err(e) => {
+                        // Never overwrite what cannot be read: its versions would be lost.
+                        tracing::error!(partition, error = %e, "unreadable stored object; write refused");
+                        outcomes.push(Err(KvError::Storage(format!("stored object unreadable: {e}"))));
+                        continue;
+                    }
                 }
-            };
-            object.update(&node, op.context.as_ref(), op.value.clone(), now, conflict);
-            contexts.push(object.context().clone());
+            }
+            let object = latest.get_mut(op.key.as_slice()).expect("inserted above");
+            outcomes.push(apply_op(object, op, &node, &dots, now, conflict));
         }
         order
             .into_iter()
@@ -250,21 +287,29 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
                     .reply
                     .send(Wire::new(Err(KvError::Storage(e.to_string()))));
             }
-            return Err(format!("vnode {} commit failed: {e}", state.args.partition).into());
+            return Err(format!("vnode {partition} commit failed: {e}").into());
         }
     };
     let entries: Vec<LogEntry> = written
         .into_iter()
         .map(|(key, object)| LogEntry {
-            partition: state.args.partition,
+            partition,
             key,
             object,
         })
         .collect();
-    let replies: Vec<(PutReplyPort, VersionVector)> =
-        ops.into_iter().map(|op| op.reply).zip(contexts).collect();
+    let mut acks = Vec::with_capacity(ops.len());
+    for (op, outcome) in ops.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(ctx) => acks.push((op.reply, ctx)),
+            // Refused writes changed nothing that needs the log: answer them now.
+            Err(e) => {
+                let _ = op.reply.send(Wire::new(Err(e)));
+            }
+        }
+    }
     let answer = move || {
-        for (port, ctx) in replies {
+        for (port, ctx) in acks {
             let _ = port.send(Wire::new(Ok(PutReply {
                 context: ByteBuf::from(encode_context(&ctx)),
             })));

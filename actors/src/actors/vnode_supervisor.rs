@@ -15,6 +15,7 @@ use crate::partition_table::PartitionTable;
 use crate::protocol::VnodeHealth;
 use crate::settings::RestartBudget;
 use crate::storage::commit_log::{CommitLog, LogDurability};
+use crate::storage::dot_sequence::DotSequence;
 use crate::storage::vnode_store::EncodedPairs;
 
 /// Messages the vnode supervisor accepts (local only).
@@ -47,6 +48,8 @@ pub struct VnodeSupervisorArgs {
     pub cache_bytes: usize,
     /// The node's commit log.
     pub log: CommitLog,
+    /// The node's dot counter sequence.
+    pub dots: Arc<DotSequence>,
     /// When writes are acknowledged.
     pub durability: LogDurability,
     /// Sibling bound or last-write-wins.
@@ -90,6 +93,7 @@ impl VnodeSupervisorState {
             path: vnode_path(&a.node_dir, partition),
             cache_bytes: a.cache_bytes,
             log: a.log.clone(),
+            dots: a.dots.clone(),
             durability: a.durability,
             conflict: a.conflict,
             batch_max_writes: a.batch_max_writes,

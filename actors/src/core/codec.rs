@@ -62,6 +62,7 @@ mod tests {
         let mut o = Object::default();
         o.update(
             "n1",
+            1,
             None,
             Some(b"v".to_vec()),
             7,
@@ -91,9 +92,9 @@ mod tests {
         #[test]
         fn any_object_round_trips(vals in prop::collection::vec(prop::option::of(prop::collection::vec(any::<u8>(), 0..64)), 1..6)) {
             let mut o = Object::default();
-            let empty = crate::core::version::VersionVector::default();
+            let empty = crate::core::version::CausalContext::default();
             for (i, v) in vals.into_iter().enumerate() {
-                o.update(if i % 2 == 0 { "a" } else { "b" }, Some(&empty), v, i as u64, ConflictPolicy::default());
+                o.update(if i % 2 == 0 { "a" } else { "b" }, i as u64 + 1, Some(&empty), v, i as u64, ConflictPolicy::default());
             }
             prop_assert_eq!(decode_object(&encode_object(&o)).unwrap(), o);
         }

@@ -39,6 +39,35 @@ impl VersionVector {
     }
 }
 
+/// What a client has seen of a key: a version vector plus individual writes beyond it.
+///
+/// A read returns the object's whole clock. A write returns what it superseded plus its own
+/// dot, and nothing else: the clock may also cover concurrent siblings the writer never saw,
+/// which a later write with that context must not remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CausalContext {
+    /// Every write up to these counters has been seen.
+    pub seen: VersionVector,
+    /// Single writes seen beyond `seen`.
+    pub dots: Vec<Dot>,
+}
+
+impl CausalContext {
+    /// True when the context has seen the write `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.seen.covers(dot) || self.dots.contains(dot)
+    }
+
+    /// The highest counter of `node` this context mentions.
+    pub fn max_counter(&self, node: &str) -> u64 {
+        self.dots
+            .iter()
+            .filter(|d| d.node == node)
+            .map(|d| d.counter)
+            .fold(self.seen.get(node), u64::max)
+    }
+}
+
 /// The identity of one write: the coordinating replica's node id and its counter there.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
@@ -88,11 +117,6 @@ pub struct Object {
 }
 
 impl Object {
-    /// The causal context a client passes back to supersede what it read.
-    pub fn context(&self) -> &VersionVector {
-        &self.clock
-    }
-
     /// The live values (tombstones excluded), in dot order.
     pub fn values(&self) -> impl Iterator<Item = &[u8]> {
         self.siblings.iter().filter_map(|s| s.value.as_deref())
@@ -103,27 +127,54 @@ impl Object {
         self.siblings.iter().all(|s| s.value.is_none())
     }
 
-    /// Applies a client write coordinated by replica `node`.
+    /// The context a read of this object returns: everything it holds, superseded or not.
+    pub fn read_context(&self) -> CausalContext {
+        CausalContext {
+            seen: self.clock.clone(),
+            dots: Vec::new(),
+        }
+    }
+
+    /// The smallest counter `node` may use for its next write here: above every counter of
+    /// `node` this object or `context` mentions (`None` only if that would overflow).
+    pub fn next_counter_floor(&self, node: &str, context: Option<&CausalContext>) -> Option<u64> {
+        let seen = context.map_or(0, |c| c.max_counter(node));
+        self.clock.get(node).max(seen).checked_add(1)
+    }
+
+    /// Applies a client write coordinated by replica `node`, as dot (`node`, `counter`).
     ///
     /// With a context, exactly the siblings that context covers are superseded. Without one
     /// (a blind write) the write supersedes everything this replica holds, so sequential blind
-    /// writes through one replica never create siblings. Returns the new write's dot.
+    /// writes through one replica never create siblings. `counter` must be at least
+    /// [`Object::next_counter_floor`] and never reused by `node` (the caller's sequence
+    /// guarantees it across crashes). Returns the context covering exactly what this write
+    /// superseded and the write itself.
     pub fn update(
         &mut self,
         node: &str,
-        context: Option<&VersionVector>,
+        counter: u64,
+        context: Option<&CausalContext>,
         value: Option<Vec<u8>>,
         timestamp_ms: u64,
         policy: ConflictPolicy,
-    ) -> Dot {
-        let seen = context.cloned().unwrap_or_else(|| self.clock.clone());
+    ) -> CausalContext {
+        debug_assert!(Some(counter) >= self.next_counter_floor(node, context));
+        let seen = context.cloned().unwrap_or_else(|| self.read_context());
+        // Order after every version this write follows or competes with, even if the wall
+        // clock stepped back, so pruning and last-write-wins never drop the write being made.
+        let timestamp_ms = self
+            .siblings
+            .iter()
+            .map(|s| s.timestamp_ms.saturating_add(1))
+            .fold(timestamp_ms, u64::max);
         self.siblings.retain(|s| !seen.covers(&s.dot));
-        let counter = self.clock.get(node).max(seen.get(node)) + 1;
         let dot = Dot {
             node: node.to_string(),
             counter,
         };
-        self.clock.join(&seen);
+        // Only the vector part joins the clock: a lone dot does not imply its predecessors.
+        self.clock.join(&seen.seen);
         self.clock.0.insert(node.to_string(), counter);
         self.siblings.push(Sibling {
             dot: dot.clone(),
@@ -131,7 +182,10 @@ impl Object {
             value,
         });
         self.resolve(policy);
-        dot
+        let mut reply = seen;
+        reply.dots.retain(|d| !reply.seen.covers(d));
+        reply.dots.push(dot);
+        reply
     }
 
     /// Merges a replica's copy of the same key: keeps every sibling the other side has not
@@ -194,12 +248,25 @@ mod tests {
         o.values().map(|v| v.to_vec()).collect()
     }
 
+    /// A write with the smallest legal counter.
+    fn put(
+        o: &mut Object,
+        node: &str,
+        ctx: Option<&CausalContext>,
+        value: Option<Vec<u8>>,
+        ts: u64,
+        policy: ConflictPolicy,
+    ) -> CausalContext {
+        let c = o.next_counter_floor(node, ctx).unwrap();
+        o.update(node, c, ctx, value, ts, policy)
+    }
+
     #[test]
     fn sequential_writes_with_context_never_make_siblings() {
         let mut o = Object::default();
         for i in 0..10u8 {
-            let ctx = o.context().clone();
-            o.update("a", Some(&ctx), Some(vec![i]), 1, SIBS);
+            let ctx = o.read_context();
+            put(&mut o, "a", Some(&ctx), Some(vec![i]), 1, SIBS);
             assert_eq!(vals(&o), vec![vec![i]]);
         }
     }
@@ -207,44 +274,87 @@ mod tests {
     #[test]
     fn blind_writes_through_one_node_overwrite() {
         let mut o = Object::default();
-        o.update("a", None, Some(b"1".to_vec()), 1, SIBS);
-        o.update("a", None, Some(b"2".to_vec()), 2, SIBS);
+        put(&mut o, "a", None, Some(b"1".to_vec()), 1, SIBS);
+        put(&mut o, "a", None, Some(b"2".to_vec()), 2, SIBS);
         assert_eq!(vals(&o), vec![b"2".to_vec()]);
     }
 
     #[test]
     fn concurrent_writes_become_siblings_and_context_resolves_them() {
         let mut a = Object::default();
-        a.update("a", None, Some(b"base".to_vec()), 1, SIBS);
+        put(&mut a, "a", None, Some(b"base".to_vec()), 1, SIBS);
         let mut b = a.clone();
-        let ctx = a.context().clone();
-        a.update("a", Some(&ctx), Some(b"x".to_vec()), 2, SIBS);
-        b.update("b", Some(&ctx), Some(b"y".to_vec()), 2, SIBS);
+        let ctx = a.read_context();
+        put(&mut a, "a", Some(&ctx), Some(b"x".to_vec()), 2, SIBS);
+        put(&mut b, "b", Some(&ctx), Some(b"y".to_vec()), 2, SIBS);
         a.merge(&b, SIBS);
         let mut v = vals(&a);
         v.sort();
         assert_eq!(v, vec![b"x".to_vec(), b"y".to_vec()]);
-        let ctx = a.context().clone();
-        a.update("a", Some(&ctx), Some(b"z".to_vec()), 3, SIBS);
+        let ctx = a.read_context();
+        put(&mut a, "a", Some(&ctx), Some(b"z".to_vec()), 3, SIBS);
         assert_eq!(vals(&a), vec![b"z".to_vec()]);
     }
 
     #[test]
     fn stale_context_keeps_the_write_it_did_not_see() {
         let mut o = Object::default();
-        let empty = VersionVector::default();
-        o.update("a", Some(&empty), Some(b"1".to_vec()), 1, SIBS);
-        o.update("a", Some(&empty), Some(b"2".to_vec()), 2, SIBS);
+        let empty = CausalContext::default();
+        put(&mut o, "a", Some(&empty), Some(b"1".to_vec()), 1, SIBS);
+        put(&mut o, "a", Some(&empty), Some(b"2".to_vec()), 2, SIBS);
         assert_eq!(vals(&o).len(), 2);
+    }
+
+    #[test]
+    fn a_put_reply_context_does_not_cover_a_concurrent_sibling() {
+        let mut o = Object::default();
+        put(&mut o, "n", None, Some(b"base".to_vec()), 1, SIBS);
+        let read = o.read_context();
+        put(&mut o, "n", Some(&read), Some(b"b".to_vec()), 2, SIBS);
+        let a = put(&mut o, "n", Some(&read), Some(b"a".to_vec()), 3, SIBS);
+        // Writer A continues from its own write's context: B's write was never seen by A.
+        put(&mut o, "n", Some(&a), Some(b"a2".to_vec()), 4, SIBS);
+        let mut v = vals(&o);
+        v.sort();
+        assert_eq!(v, vec![b"a2".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn counters_from_a_context_are_never_reused() {
+        let mut o = Object::default();
+        let mut ctx = CausalContext::default();
+        ctx.dots.push(Dot {
+            node: "n".into(),
+            counter: 41,
+        });
+        assert_eq!(o.next_counter_floor("n", Some(&ctx)), Some(42));
+        ctx.seen.0.insert("n".into(), u64::MAX);
+        assert_eq!(
+            o.next_counter_floor("n", Some(&ctx)),
+            None,
+            "overflow is refused, not wrapped"
+        );
+        put(&mut o, "n", None, Some(b"x".to_vec()), 1, SIBS);
+        assert_eq!(o.next_counter_floor("n", None), Some(2));
+    }
+
+    #[test]
+    fn a_clock_step_back_never_prunes_the_new_write() {
+        let mut o = Object::default();
+        let lww = ConflictPolicy::LastWriteWins;
+        put(&mut o, "n", None, Some(b"old".to_vec()), 1_000, lww);
+        let empty = CausalContext::default();
+        put(&mut o, "n", Some(&empty), Some(b"new".to_vec()), 10, lww);
+        assert_eq!(vals(&o), vec![b"new".to_vec()]);
     }
 
     #[test]
     fn delete_is_a_tombstone_that_merges() {
         let mut a = Object::default();
-        a.update("a", None, Some(b"v".to_vec()), 1, SIBS);
+        put(&mut a, "a", None, Some(b"v".to_vec()), 1, SIBS);
         let old = a.clone();
-        let ctx = a.context().clone();
-        a.update("a", Some(&ctx), None, 2, SIBS);
+        let ctx = a.read_context();
+        put(&mut a, "a", Some(&ctx), None, 2, SIBS);
         assert!(a.is_deleted());
         let mut b = old;
         b.merge(&a, SIBS);
@@ -257,10 +367,10 @@ mod tests {
     #[test]
     fn sibling_bound_prunes_oldest() {
         let mut o = Object::default();
-        let empty = VersionVector::default();
+        let empty = CausalContext::default();
         let p = ConflictPolicy::Siblings { max_siblings: 3 };
         for i in 0..5u8 {
-            o.update("a", Some(&empty), Some(vec![i]), i as u64, p);
+            put(&mut o, "a", Some(&empty), Some(vec![i]), i as u64, p);
         }
         let mut v = vals(&o);
         v.sort();
@@ -271,14 +381,16 @@ mod tests {
     fn last_write_wins_keeps_the_newest() {
         let mut a = Object::default();
         let mut b = Object::default();
-        a.update(
+        put(
+            &mut a,
             "a",
             None,
             Some(b"old".to_vec()),
             5,
             ConflictPolicy::LastWriteWins,
         );
-        b.update(
+        put(
+            &mut b,
             "b",
             None,
             Some(b"new".to_vec()),
@@ -302,9 +414,16 @@ mod tests {
                 let from = reps[(r + 1) % 3].clone();
                 reps[r].merge(&from, SIBS);
             }
-            let ctx = reps[r].context().clone();
+            let ctx = reps[r].read_context();
             let ctx = if with_ctx { Some(&ctx) } else { None };
-            reps[r].update(names[r], ctx, Some(vec![i as u8]), i as u64, SIBS);
+            put(
+                &mut reps[r],
+                names[r],
+                ctx,
+                Some(vec![i as u8]),
+                i as u64,
+                SIBS,
+            );
         }
         reps
     }
@@ -349,9 +468,9 @@ mod tests {
             let mut all = r[0].clone();
             all.merge(&r[1], SIBS);
             all.merge(&r[2], SIBS);
-            let ctx = all.context().clone();
+            let ctx = all.read_context();
             let mut target = r[1].clone();
-            target.update("b", Some(&ctx), Some(b"final".to_vec()), 99, SIBS);
+            put(&mut target, "b", Some(&ctx), Some(b"final".to_vec()), 99, SIBS);
             let mut end = all.clone();
             end.merge(&target, SIBS);
             prop_assert_eq!(vals(&end), vec![b"final".to_vec()]);

@@ -137,15 +137,22 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<LogEntry>, bool) {
 /// A segment removed while reading was released, so its entries are durable elsewhere.
 pub fn read_entries(dir: &Path, only: Option<u32>) -> io::Result<Vec<LogEntry>> {
     let mut all = Vec::new();
-    for id in segment_ids(dir)? {
+    let ids = segment_ids(dir)?;
+    let newest = ids.last().copied();
+    for id in ids {
         let mut bytes = Vec::new();
         match File::open(segment_path(dir, id)) {
             Ok(f) => BufReader::new(f).read_to_end(&mut bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Segments are released oldest first, so everything read so far was released too.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                all.clear();
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let (entries, clean) = decode_records(&bytes);
-        if !clean {
+        // The newest segment may be mid-append; an older one ends torn only after a crash.
+        if !clean && Some(id) != newest {
             tracing::warn!(
                 segment = id,
                 kept = entries.len(),
@@ -263,7 +270,10 @@ impl Writer {
                 LogDurability::Buffered(every) => match rx.recv_timeout(every) {
                     Ok(c) => Some(c),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.sync_if_dirty();
+                        if let Err(e) = self.sync_if_dirty() {
+                            tracing::error!(error = %e, "commit log sync failed; stopping the writer");
+                            return;
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -308,7 +318,9 @@ impl Writer {
                 break;
             }
         }
-        self.sync_if_dirty();
+        if let Err(e) = self.sync_if_dirty() {
+            tracing::error!(error = %e, "commit log sync failed at shutdown");
+        }
     }
 
     fn write_batch(
@@ -339,14 +351,13 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_if_dirty(&mut self) {
+    fn sync_if_dirty(&mut self) -> io::Result<()> {
         if self.dirty {
-            if let Err(e) = self.file.sync_data() {
-                tracing::error!(error = %e, "commit log sync failed");
-            }
+            self.file.sync_data()?;
             self.dirty = false;
             self.last_sync = Instant::now();
         }
+        Ok(())
     }
 
     fn roll(&mut self) -> io::Result<()> {
@@ -365,8 +376,10 @@ impl Writer {
             return;
         };
         for id in ids.into_iter().filter(|&id| id <= through && id != self.id) {
+            // Oldest first, stopping at a failure: replay must always see a suffix of the log.
             if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
                 tracing::warn!(segment = id, error = %e, "could not delete released log segment");
+                return;
             }
         }
     }

@@ -1,4 +1,5 @@
 //! On-disk state of a node: per-vnode redb files and the node-wide commit log.
 
 pub mod commit_log;
+pub mod dot_sequence;
 pub mod vnode_store;

@@ -121,12 +121,27 @@ impl VnodeStore {
         Ok(written)
     }
 
-    /// Stores already-encoded objects as they are (commit-log replay), durably.
+    /// Replays commit-log objects, durably. A logged object replaces the stored one unless
+    /// the stored one already descends from it (the file can be ahead of the log after a
+    /// checkpoint); both come from this vnode's single history, so one always descends.
     pub fn restore(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
             for (k, v) in pairs {
+                let Ok(logged) = decode_object(v) else {
+                    tracing::warn!("skipping an undecodable commit log object");
+                    continue;
+                };
+                let stored = table
+                    .get(k.as_slice())
+                    .map_err(|e| err("get", e))?
+                    .and_then(|s| decode_object(s.value()).ok());
+                if stored
+                    .is_some_and(|s| s.clock != logged.clock && s.clock.descends(&logged.clock))
+                {
+                    continue;
+                }
                 table
                     .insert(k.as_slice(), v.as_slice())
                     .map_err(|e| err("insert", e))?;
