@@ -169,8 +169,14 @@ async fn environment_overrides_the_file() {
 
 /// The highest counter of `node` a context names.
 fn counter_in(ctx: &ringkv::Context, node: &str) -> u64 {
-    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, ctx.to_base64()).unwrap();
-    ringkv_actors::protocol::decode_context(&bytes).unwrap().max_counter(node)
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ctx.to_base64(),
+    )
+    .unwrap();
+    ringkv_actors::protocol::decode_context(&bytes)
+        .unwrap()
+        .max_counter(node)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,5 +196,8 @@ async fn write_counters_are_never_reissued_after_a_crash() {
     c.wait_ready().await;
     let client = c.client().await;
     let after = client.put("fresh", "v").await.unwrap();
-    assert!(counter_in(&after, &node) > highest, "a counter issued before the crash was reused");
+    assert!(
+        counter_in(&after, &node) > highest,
+        "a counter issued before the crash was reused"
+    );
 }

@@ -83,9 +83,18 @@ async fn contexts_supersede_exactly_what_they_saw() {
     // A writer continuing from its own write's context never removes a concurrent write it
     // did not see.
     let base = client.get("doc").await.unwrap().context;
-    client.put_with("doc", "theirs", &RequestOptions::with_context(base.clone())).await.unwrap();
-    let mine = client.put_with("doc", "mine", &RequestOptions::with_context(base)).await.unwrap();
-    client.put_with("doc", "mine-2", &RequestOptions::with_context(mine)).await.unwrap();
+    client
+        .put_with("doc", "theirs", &RequestOptions::with_context(base.clone()))
+        .await
+        .unwrap();
+    let mine = client
+        .put_with("doc", "mine", &RequestOptions::with_context(base))
+        .await
+        .unwrap();
+    client
+        .put_with("doc", "mine-2", &RequestOptions::with_context(mine))
+        .await
+        .unwrap();
     let mut vals = client.get("doc").await.unwrap().values;
     vals.sort();
     assert_eq!(vals, vec![b"mine-2".to_vec(), b"theirs".to_vec()]);
@@ -288,10 +297,23 @@ async fn forged_contexts_are_refused() {
         let bytes = ringkv_actors::protocol::encode_context(&ctx);
         let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let forged = ringkv::Context::from_base64(&text).unwrap();
-        let err = client.put_with("k", "x", &RequestOptions::with_context(forged)).await.unwrap_err();
-        assert!(matches!(&err, KvError::BadContext(m) if m.contains("never made")), "{err:?}");
+        let err = client
+            .put_with("k", "x", &RequestOptions::with_context(forged))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, KvError::BadContext(m) if m.contains("never made")),
+            "{err:?}"
+        );
     }
-    assert_eq!(client.get("k").await.unwrap().value(), Some(&b"v"[..]), "nothing changed");
+    assert_eq!(
+        client.get("k").await.unwrap().value(),
+        Some(&b"v"[..]),
+        "nothing changed"
+    );
     let status = client.node_status(&c.ids[0]).await.unwrap();
-    assert!(status.vnodes.iter().all(|v| v.restarts == 0), "no vnode crashed");
+    assert!(
+        status.vnodes.iter().all(|v| v.restarts == 0),
+        "no vnode crashed"
+    );
 }
