@@ -45,6 +45,7 @@ async fn main() -> Result<(), KvError> {
     let opts = RequestOptions {
         context: Some(both.context),
         timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
     };
     client
         .put_with("user:42", "Ada King, Countess of Lovelace", &opts)

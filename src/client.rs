@@ -15,6 +15,8 @@ use base64::Engine;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use ractor_cluster::{NodeServer, NodeServerMessage};
+use ringkv_actors::core::quorum::Consistency;
+use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
     AdminMessage, CrashVnodeRequest, GetReply, GetRequest, NodeStatus, PingReply, PingRequest,
     PutReply, PutRequest, RouterMessage, Wire, admin_group, router_group,
@@ -36,6 +38,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long [`Client::connect`] waits for the members to answer.
     pub connect_timeout: Duration,
+    /// Ring size and replication factor, when known: requests then go straight to a replica.
+    pub ring: Option<(u32, usize)>,
 }
 
 impl ClientConfig {
@@ -56,6 +60,7 @@ impl ClientConfig {
             cookie: cfg.cluster.cookie.clone(),
             timeout: Duration::from_millis(cfg.client.timeout_ms),
             connect_timeout: Duration::from_millis(cfg.client.connect_timeout_ms),
+            ring: Some((cfg.cluster.partitions, cfg.cluster.replicas)),
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct RequestOptions {
     pub context: Option<Context>,
     /// Overrides the client's default timeout.
     pub timeout: Option<Duration>,
+    /// Replicas a read waits for (`None`: the cluster's default).
+    pub r: Option<Consistency>,
+    /// Replicas a write waits for (`None`: the cluster's default).
+    pub w: Option<Consistency>,
 }
 
 impl RequestOptions {
@@ -125,7 +134,9 @@ impl RequestOptions {
 
 struct Inner {
     config: ClientConfig,
+    ring: Option<Ring>,
     next: AtomicUsize,
+    last_dial: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// Handle on this process's one client node.
@@ -232,10 +243,14 @@ impl Client {
     /// `NotConnected` after the connect timeout, naming the members it tried).
     pub async fn connect(config: ClientConfig) -> Result<Client, KvError> {
         let node = client_node(&config.cookie)?;
+        let ids: Vec<String> = config.members.iter().map(|(id, _)| id.clone()).collect();
+        let ring = config.ring.and_then(|(q, n)| Ring::new(&ids, q, n).ok());
         let client = Client {
             inner: Arc::new(Inner {
                 config,
+                ring,
                 next: AtomicUsize::new(0),
+                last_dial: Default::default(),
             }),
         };
         let cfg = &client.inner.config;
@@ -315,22 +330,120 @@ impl Client {
 
     fn router(&self, node: Option<&str>) -> Result<ActorRef<RouterMessage>, KvError> {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let members = &self.inner.config.members;
-        let candidates: Vec<&str> = match node {
-            Some(id) => vec![id],
-            None => members.iter().map(|(id, _)| id.as_str()).collect(),
+        let candidates = match node {
+            Some(id) => vec![id.to_string()],
+            None => self.candidates(None, false),
         };
-        for i in 0..candidates.len() {
-            let id = candidates[(n + i) % candidates.len()];
-            let routers = ractor::pg::get_members(&router_group(id));
-            if !routers.is_empty() {
-                return Ok(routers[n % routers.len()].clone().into());
+        for id in &candidates {
+            if let Some(r) = self.router_of(id, n) {
+                return Ok(r);
             }
         }
         Err(KvError::NotConnected(match node {
             Some(id) => format!("node {id} is not reachable"),
             None => "no member is reachable".into(),
         }))
+    }
+
+    /// A router of `node`, when connected; otherwise re-dials it in the background.
+    fn router_of(&self, node: &str, n: usize) -> Option<ActorRef<RouterMessage>> {
+        let routers = ractor::pg::get_members(&router_group(node));
+        if routers.is_empty() {
+            self.redial(node);
+            return None;
+        }
+        Some(routers[n % routers.len()].clone().into())
+    }
+
+    /// Dials a member that has no session, at most once a second.
+    fn redial(&self, node: &str) {
+        let Some(addr) = self
+            .inner
+            .config
+            .members
+            .iter()
+            .find(|(id, _)| id == node)
+            .map(|(_, a)| *a)
+        else {
+            return;
+        };
+        {
+            let mut last = self
+                .inner
+                .last_dial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last
+                .get(node)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(node.to_string(), Instant::now());
+        }
+        if let Ok(cn) = client_node(&self.inner.config.cookie) {
+            let server = cn.server.clone();
+            cn.runtime.spawn(async move {
+                let _ = ractor_cluster::client_connect(&server, addr).await;
+            });
+        }
+    }
+
+    /// Nodes to try, best first: for a key, its replicas (a write's first replica first, so
+    /// one node orders the writes of a key; reads spread over them), then everyone else.
+    fn candidates(&self, key: Option<&[u8]>, write: bool) -> Vec<String> {
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<String> = Vec::new();
+        if let (Some(ring), Some(key)) = (&self.inner.ring, key) {
+            let prefs = ring.preference_list(ring.partition_of(key));
+            let start = if write { 0 } else { n % prefs.len() };
+            order.extend((0..prefs.len()).map(|i| prefs[(start + i) % prefs.len()].clone()));
+        }
+        let members = &self.inner.config.members;
+        for i in 0..members.len() {
+            let id = &members[(n + i) % members.len()].0;
+            if !order.contains(id) {
+                order.push(id.clone());
+            }
+        }
+        order
+    }
+
+    /// Sends a request to the best reachable node, moving to the next one when the connection
+    /// to a node is lost. A write retried this way may be applied twice; both versions carry
+    /// the same bytes and read back as one value.
+    async fn send<R, F>(
+        &self,
+        key: &[u8],
+        write: bool,
+        timeout: Duration,
+        msg: F,
+    ) -> Result<R, KvError>
+    where
+        R: Send + 'static,
+        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
+    {
+        let deadline = Instant::now() + timeout;
+        let n = self.inner.next.load(Ordering::Relaxed);
+        let mut last = KvError::NotConnected("no member is reachable".into());
+        let mut lost_once = false;
+        for node in self.candidates(Some(key), write) {
+            let Some(router) = self.router_of(&node, n) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KvError::Timeout);
+            }
+            match self.call(router, left, &msg).await {
+                Err(KvError::NotConnected(m)) if !lost_once => {
+                    lost_once = true;
+                    last = KvError::NotConnected(m);
+                }
+                other => return other,
+            }
+        }
+        Err(last)
     }
 
     fn timeout(&self, opts: Option<&RequestOptions>) -> Duration {
@@ -342,11 +455,11 @@ impl Client {
         &self,
         to: ActorRef<RouterMessage>,
         timeout: Duration,
-        msg: F,
+        msg: &F,
     ) -> Result<R, KvError>
     where
         R: Send + 'static,
-        F: FnOnce(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
+        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
     {
         let started = Instant::now();
         match to.call(msg, Some(timeout)).await {
@@ -404,15 +517,17 @@ impl Client {
         value: Option<&[u8]>,
         opts: &RequestOptions,
     ) -> Result<Context, KvError> {
+        let timeout = self.timeout(Some(opts));
         let request = PutRequest {
             key: ByteBuf::from(key.to_vec()),
             value: value.map(|v| ByteBuf::from(v.to_vec())),
             context: opts.context.as_ref().map(|c| ByteBuf::from(c.0.clone())),
+            w: opts.w,
+            timeout_ms: Some(timeout.as_millis() as u64),
         };
-        let router = self.router(None)?;
         let reply: PutReply = self
-            .call(router, self.timeout(Some(opts)), |port| {
-                RouterMessage::Put(Wire::new(request), port)
+            .send(key, true, timeout, &|port| {
+                RouterMessage::Put(Wire::new(request.clone()), port)
             })
             .await?;
         Ok(Context(reply.context.into_vec()))
@@ -429,13 +544,15 @@ impl Client {
         key: impl AsRef<[u8]>,
         opts: &RequestOptions,
     ) -> Result<GetResult, KvError> {
+        let timeout = self.timeout(Some(opts));
         let request = GetRequest {
             key: ByteBuf::from(key.as_ref().to_vec()),
+            r: opts.r,
+            timeout_ms: Some(timeout.as_millis() as u64),
         };
-        let router = self.router(None)?;
         let reply: GetReply = self
-            .call(router, self.timeout(Some(opts)), |port| {
-                RouterMessage::Get(Wire::new(request), port)
+            .send(key.as_ref(), false, timeout, &|port| {
+                RouterMessage::Get(Wire::new(request.clone()), port)
             })
             .await?;
         Ok(GetResult {

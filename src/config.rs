@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ringkv_actors::core::limits::Limits;
+use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::version::ConflictPolicy;
 use ringkv_actors::settings::{Member, NodeSettings, RestartBudget};
 use ringkv_actors::storage::commit_log::LogDurability;
@@ -40,6 +41,9 @@ pub struct ClusterConfig {
     /// Per-node process settings.
     #[serde(default)]
     pub node: NodeSection,
+    /// Default consistency of requests.
+    #[serde(default)]
+    pub consistency: ConsistencySection,
     /// Client defaults (SDK, CLI, bench).
     #[serde(default)]
     pub client: ClientSection,
@@ -194,6 +198,14 @@ pub struct NodeSection {
     pub vnode_max_restarts: u32,
     /// The restart budget's window, seconds.
     pub vnode_restart_window_secs: u64,
+    /// Interval between failure-detector heartbeats, ms.
+    pub heartbeat_ms: u64,
+    /// Consecutive missed heartbeats before a peer is marked down.
+    pub missed_heartbeats: u32,
+    /// Most requests in flight from one node to one peer; beyond it that peer counts as overloaded.
+    pub max_in_flight_per_peer: usize,
+    /// Most requests one node coordinates at once; beyond it requests get `Overloaded`.
+    pub max_coordinating: u64,
 }
 
 impl Default for NodeSection {
@@ -202,7 +214,51 @@ impl Default for NodeSection {
             routers: 4,
             vnode_max_restarts: 5,
             vnode_restart_window_secs: 60,
+            heartbeat_ms: 200,
+            missed_heartbeats: 3,
+            max_in_flight_per_peer: 2048,
+            max_coordinating: 16384,
         }
+    }
+}
+
+/// `[consistency]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencySection {
+    /// Replicas a read waits for: `one`, `quorum`, `all` or a number.
+    pub r: String,
+    /// Replicas a write waits for: `one`, `quorum`, `all` or a number.
+    pub w: String,
+    /// Deadline of a request that names none, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ConsistencySection {
+    fn default() -> Self {
+        ConsistencySection {
+            r: "quorum".into(),
+            w: "quorum".into(),
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl ConsistencySection {
+    /// The parsed (r, w), checked against the replication factor.
+    pub fn levels(&self, replicas: usize) -> Result<(Consistency, Consistency), ConfigError> {
+        let parse = |name: &str, text: &str| -> Result<Consistency, ConfigError> {
+            let level: Consistency = text
+                .parse()
+                .map_err(|e| bad(format!("consistency.{name}: {e}")))?;
+            if level.required(replicas).is_none() {
+                return Err(bad(format!(
+                    "consistency.{name} = {text} is more than cluster.replicas = {replicas}"
+                )));
+            }
+            Ok(level)
+        };
+        Ok((parse("r", &self.r)?, parse("w", &self.w)?))
     }
 }
 
@@ -330,6 +386,12 @@ impl ClusterConfig {
         if self.storage.log_segment_mb == 0 {
             return Err(bad("storage.log_segment_mb must be at least 1"));
         }
+        self.consistency.levels(c.replicas)?;
+        if self.node.heartbeat_ms == 0 || self.node.missed_heartbeats == 0 {
+            return Err(bad(
+                "node.heartbeat_ms and node.missed_heartbeats must be at least 1",
+            ));
+        }
         if self.conflicts.max_siblings == 0 {
             return Err(bad("conflicts.max_siblings must be at least 1"));
         }
@@ -358,6 +420,7 @@ impl ClusterConfig {
         }
         let node_dir = self.cluster.data_dir.join(node_id);
         check_writable(&node_dir)?;
+        let (default_r, default_w) = self.consistency.levels(self.cluster.replicas)?;
         let s = &self.storage;
         Ok(NodeSettings {
             node_id: node_id.to_string(),
@@ -391,6 +454,13 @@ impl ClusterConfig {
                 max_restarts: self.node.vnode_max_restarts,
                 window: Duration::from_secs(self.node.vnode_restart_window_secs),
             },
+            heartbeat: Duration::from_millis(self.node.heartbeat_ms),
+            missed_heartbeats: self.node.missed_heartbeats,
+            default_r,
+            default_w,
+            request_timeout: Duration::from_millis(self.consistency.request_timeout_ms.max(1)),
+            max_in_flight_per_peer: self.node.max_in_flight_per_peer.max(1),
+            max_coordinating: self.node.max_coordinating.max(1),
         })
     }
 

@@ -14,6 +14,7 @@ use ringkv::config::ClusterConfig;
 use ringkv::launcher::{self, UpOptions};
 use ringkv::{Client, ClientConfig, Context, KvError, RequestOptions};
 use ringkv_actors::Node;
+use ringkv_actors::core::quorum::Consistency;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -106,6 +107,12 @@ struct OneShot {
     /// Request timeout in milliseconds (default from the configuration).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Replicas a read waits for: one, quorum, all or a number (default from the configuration).
+    #[arg(short = 'r', long = "r")]
+    r: Option<Consistency>,
+    /// Replicas a write waits for: one, quorum, all or a number (default from the configuration).
+    #[arg(short = 'w', long = "w")]
+    w: Option<Consistency>,
 }
 
 #[derive(Subcommand)]
@@ -271,6 +278,8 @@ fn options(common: &OneShot, context: Option<&str>) -> Result<RequestOptions, Kv
     Ok(RequestOptions {
         context: context.map(Context::from_base64).transpose()?,
         timeout: common.timeout_ms.map(Duration::from_millis),
+        r: common.r,
+        w: common.w,
     })
 }
 

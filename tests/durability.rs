@@ -35,6 +35,7 @@ async fn write_load(
                         &ringkv::RequestOptions {
                             context: None,
                             timeout: Some(Duration::from_secs(2)),
+                            ..Default::default()
                         },
                     )
                     .await

@@ -4,10 +4,13 @@
 //! messages and call them.
 
 pub mod actors;
+pub mod coordinator;
 pub mod core;
 pub mod node;
 pub mod partition_table;
+pub mod peer_table;
 pub mod protocol;
+pub mod request_stats;
 pub mod settings;
 pub mod storage;
 

@@ -1,7 +1,7 @@
 //! The node's registry of local partitions: which vnode actor serves each one, a read handle
 //! on its file, and its health. Shared by routers, the admin actor and the vnode supervisor.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
@@ -15,6 +15,7 @@ struct Slot {
     local: bool,
     live: RwLock<Live>,
     restarts: AtomicU32,
+    queued: AtomicU64,
 }
 
 struct Live {
@@ -97,6 +98,37 @@ impl PartitionTable {
     /// The vnode serving `partition`, if one is.
     pub fn vnode(&self, partition: u32) -> Option<ActorRef<VnodeMessage>> {
         self.slot(partition)?.live.read().unwrap().vnode.clone()
+    }
+
+    /// Queues a write or merge on `partition`'s vnode, counting it in the mailbox depth.
+    pub fn send(&self, partition: u32, msg: VnodeMessage) -> Result<(), VnodeMessage> {
+        let Some(vnode) = self.vnode(partition) else {
+            return Err(msg);
+        };
+        let slot = self.slot(partition).expect("serving implies local");
+        slot.queued.fetch_add(1, Ordering::Relaxed);
+        vnode.cast(msg).map_err(|e| {
+            slot.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                ractor::MessagingErr::SendErr(m) => m,
+                _ => VnodeMessage::Drain,
+            }
+        })
+    }
+
+    /// Called by a vnode as it takes a queued write or merge.
+    pub fn dequeued(&self, partition: u32) {
+        if let Some(s) = self.slot(partition) {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes and merges waiting in vnode mailboxes.
+    pub fn mailbox_depth(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.queued.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// A read handle on `partition`'s file, if its vnode is serving.

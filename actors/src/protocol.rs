@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 
 use crate::core::codec::{DecodeError, decode_wire, encode_wire};
+use crate::core::quorum::Consistency;
 use crate::core::version::CausalContext;
 
 /// A MessagePack payload that decodes to an error rather than panicking.
@@ -121,6 +122,12 @@ pub struct PingReply {
 pub struct GetRequest {
     /// The key bytes.
     pub key: ByteBuf,
+    /// Replicas that must answer; the node's default when absent.
+    #[serde(default)]
+    pub r: Option<Consistency>,
+    /// The client's deadline for the whole request, ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// What a read found: every live sibling and the context that supersedes them all.
@@ -141,6 +148,12 @@ pub struct PutRequest {
     pub value: Option<ByteBuf>,
     /// Context from an earlier read; `None` is a blind write (see the README).
     pub context: Option<ByteBuf>,
+    /// Replicas that must acknowledge; the node's default when absent.
+    #[serde(default)]
+    pub w: Option<Consistency>,
+    /// The client's deadline for the whole request, ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Acknowledgement of a write, with the context of the version it created.
@@ -175,6 +188,67 @@ pub enum RouterMessage {
     ),
 }
 
+/// Reads a replica's stored object for a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaRead {
+    /// The key's partition.
+    pub partition: u32,
+    /// The key bytes.
+    pub key: ByteBuf,
+}
+
+/// A replica's stored object (encoded), absent when it holds nothing for the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaObject {
+    /// The encoded object.
+    pub object: Option<ByteBuf>,
+}
+
+/// Merges an object into a replica (replication and read repair); idempotent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaWrite {
+    /// The key's partition.
+    pub partition: u32,
+    /// The key bytes.
+    pub key: ByteBuf,
+    /// The encoded object to merge.
+    pub object: ByteBuf,
+}
+
+/// A failure detector probe, carrying the sender's ring view (gossip).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender's node id.
+    pub from: String,
+    /// Sender's ring version.
+    pub ring_version: u64,
+    /// Hash of the sender's ring (members, Q, N).
+    pub ring_hash: u64,
+}
+
+/// Messages between nodes for one partition's replicas (pg group `ringkv.replica.<node>`).
+#[derive(RactorClusterMessage)]
+pub enum ReplicaMessage {
+    /// Return the stored object of a key.
+    #[rpc]
+    Read(
+        Wire<ReplicaRead>,
+        RpcReplyPort<Wire<Result<ReplicaObject, KvError>>>,
+    ),
+    /// Merge an object into the local vnode; answered once durable.
+    #[rpc]
+    Write(Wire<ReplicaWrite>, RpcReplyPort<Wire<Result<(), KvError>>>),
+    /// Coordinate a client write this node received but does not replicate.
+    #[rpc]
+    Coordinate(
+        Wire<PutRequest>,
+        RpcReplyPort<Wire<Result<PutReply, KvError>>>,
+    ),
+    /// Failure detector probe; answered with this node's ring view.
+    #[rpc]
+    Heartbeat(Wire<Heartbeat>, RpcReplyPort<Wire<Heartbeat>>),
+}
+
 /// A vnode's health as the admin actor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VnodeHealth {
@@ -197,6 +271,55 @@ pub struct NodeStatus {
     pub vnodes: Vec<VnodeInfo>,
     /// `sync` or `buffered`.
     pub durability: String,
+    /// This node's ring version.
+    pub ring_version: u64,
+    /// Hash of this node's ring.
+    pub ring_hash: u64,
+    /// True when every member is up and reports the same ring.
+    pub ring_agreed: bool,
+}
+
+/// One member as a node's failure detector sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: String,
+    /// Listen address.
+    pub addr: String,
+    /// Whether the detector considers it up.
+    pub up: bool,
+    /// The ring hash it last reported (this node's own for itself).
+    pub ring_hash: Option<u64>,
+}
+
+/// The ring as a node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingView {
+    /// Ring version.
+    pub version: u64,
+    /// Ring size Q.
+    pub partitions: u32,
+    /// Replication factor N.
+    pub replicas: usize,
+    /// Preference list of each partition, in partition order.
+    pub preference_lists: Vec<Vec<String>>,
+}
+
+/// Load figures of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Node id.
+    pub node: String,
+    /// Client requests per second over the last window.
+    pub ops_per_sec: f64,
+    /// 99th percentile client request latency over the last window, ms.
+    pub p99_ms: f64,
+    /// Vnodes serving.
+    pub vnodes: usize,
+    /// Messages queued in vnode mailboxes.
+    pub mailbox_depth: u64,
+    /// Requests being coordinated now.
+    pub in_flight: u64,
 }
 
 /// One vnode's line in [`NodeStatus`].
@@ -223,6 +346,15 @@ pub enum AdminMessage {
     /// Report this node's status.
     #[rpc]
     Status(Wire<PingRequest>, RpcReplyPort<Wire<NodeStatus>>),
+    /// This node's view of the members.
+    #[rpc]
+    Members(Wire<PingRequest>, RpcReplyPort<Wire<Vec<MemberView>>>),
+    /// This node's ring.
+    #[rpc]
+    Ring(Wire<PingRequest>, RpcReplyPort<Wire<RingView>>),
+    /// Load figures.
+    #[rpc]
+    Stats(Wire<PingRequest>, RpcReplyPort<Wire<NodeStats>>),
     /// Make one vnode fail so its supervisor restarts it (fault injection for tests and drills).
     #[rpc]
     CrashVnode(
@@ -234,6 +366,11 @@ pub enum AdminMessage {
 /// The pg group holding a node's router actors.
 pub fn router_group(node: &str) -> String {
     format!("ringkv.router.{node}")
+}
+
+/// The pg group holding a node's replica actor.
+pub fn replica_group(node: &str) -> String {
+    format!("ringkv.replica.{node}")
 }
 
 /// The pg group holding a node's admin actor.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::core::limits::Limits;
+use crate::core::quorum::Consistency;
 use crate::core::version::ConflictPolicy;
 use crate::storage::commit_log::LogDurability;
 
@@ -59,6 +60,20 @@ pub struct NodeSettings {
     pub routers: usize,
     /// Restart budget of each vnode.
     pub vnode_restarts: RestartBudget,
+    /// Interval between failure-detector heartbeats.
+    pub heartbeat: Duration,
+    /// Consecutive missed heartbeats before a peer is marked down.
+    pub missed_heartbeats: u32,
+    /// Read consistency when a request names none.
+    pub default_r: Consistency,
+    /// Write consistency when a request names none.
+    pub default_w: Consistency,
+    /// Deadline of a request that names none.
+    pub request_timeout: Duration,
+    /// Most requests in flight from this node to one peer.
+    pub max_in_flight_per_peer: usize,
+    /// Most requests this node coordinates at once.
+    pub max_coordinating: u64,
 }
 
 impl NodeSettings {

@@ -1,12 +1,13 @@
-//! Admin: answers operators and tests about this node (pg group `ringkv.admin.<node>`).
+//! Admin: answers operators, the console and tests about this node (pg group
+//! `ringkv.admin.<node>`).
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::vnode::VnodeMessage;
-use crate::partition_table::PartitionTable;
-use crate::protocol::{AdminMessage, KvError, NodeStatus, Wire};
+use crate::coordinator::NodeContext;
+use crate::protocol::{AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth, Wire};
 
 /// The admin actor.
 #[derive(Debug, Default)]
@@ -14,14 +15,14 @@ pub struct Admin;
 
 /// What the admin actor is started with.
 pub struct AdminArgs {
-    /// This node's id.
-    pub node_id: String,
-    /// Ring size Q.
-    pub partitions: u32,
+    /// The node's coordination context.
+    pub ctx: Arc<NodeContext>,
     /// `sync` or `buffered`.
     pub durability: String,
-    /// Local partitions and their vnodes.
-    pub table: Arc<PartitionTable>,
+    /// This node's ring version.
+    pub ring_version: u64,
+    /// Hash of this node's ring.
+    pub ring_hash: u64,
 }
 
 impl Actor for Admin {
@@ -43,19 +44,54 @@ impl Actor for Admin {
         message: AdminMessage,
         state: &mut AdminArgs,
     ) -> Result<(), ActorProcessingErr> {
+        let ctx = &state.ctx;
         match message {
             AdminMessage::Status(_, reply) => {
                 let _ = reply.send(Wire::new(NodeStatus {
-                    node: state.node_id.clone(),
-                    partitions: state.partitions,
-                    vnodes: state.table.report(),
+                    node: ctx.node_id.clone(),
+                    partitions: ctx.ring.partitions(),
+                    vnodes: ctx.table.report(),
                     durability: state.durability.clone(),
+                    ring_version: state.ring_version,
+                    ring_hash: state.ring_hash,
+                    ring_agreed: ctx.peers.ring_agreed(),
+                }));
+            }
+            AdminMessage::Members(_, reply) => {
+                let _ = reply.send(Wire::new(ctx.peers.view()));
+            }
+            AdminMessage::Ring(_, reply) => {
+                let ring = &ctx.ring;
+                let _ = reply.send(Wire::new(RingView {
+                    version: state.ring_version,
+                    partitions: ring.partitions(),
+                    replicas: ring.replicas(),
+                    preference_lists: (0..ring.partitions())
+                        .map(|p| ring.preference_list(p).to_vec())
+                        .collect(),
+                }));
+            }
+            AdminMessage::Stats(_, reply) => {
+                let (ops_per_sec, p99_ms) = ctx.stats.summary();
+                let vnodes = ctx
+                    .table
+                    .report()
+                    .iter()
+                    .filter(|v| v.health == VnodeHealth::Serving)
+                    .count();
+                let _ = reply.send(Wire::new(NodeStats {
+                    node: ctx.node_id.clone(),
+                    ops_per_sec,
+                    p99_ms,
+                    vnodes,
+                    mailbox_depth: ctx.table.mailbox_depth(),
+                    in_flight: ctx.stats.in_flight(),
                 }));
             }
             AdminMessage::CrashVnode(Wire(request), reply) => {
                 let result = match request {
                     Err(e) => Err(KvError::BadRequest(e.to_string())),
-                    Ok(req) => match state.table.vnode(req.partition) {
+                    Ok(req) => match ctx.table.vnode(req.partition) {
                         Some(v) => v
                             .cast(VnodeMessage::Crash)
                             .map_err(|_| KvError::Unavailable { needed: 1, got: 0 }),

@@ -11,18 +11,43 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 
 use crate::actors::admin::{Admin, AdminArgs};
-use crate::actors::router::{Router, RouterArgs};
+use crate::actors::cluster::{Cluster, ClusterArgs, ClusterMessage};
+use crate::actors::replica::{Replica, ReplicaArgs};
+use crate::actors::router::Router;
 use crate::actors::vnode::VnodeMessage;
 use crate::actors::vnode_supervisor::{
     VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage,
 };
+use crate::coordinator::NodeContext;
 use crate::core::ring::Ring;
 use crate::partition_table::PartitionTable;
-use crate::protocol::{RouterMessage, admin_group, router_group};
+use crate::peer_table::PeerTable;
+use crate::protocol::{ReplicaMessage, RouterMessage, admin_group, replica_group, router_group};
+use crate::request_stats::RequestStats;
 use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::vnode_store::EncodedPairs;
+
+/// Static membership: the ring never changes while a node runs, so its version is fixed.
+const RING_VERSION: u64 = 1;
+
+/// A hash of everything the ring is computed from; nodes compare it to agree on the ring.
+fn ring_hash(settings: &NodeSettings) -> u64 {
+    let mut members: Vec<String> = settings
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect();
+    members.sort();
+    let text = format!(
+        "{}|{}|{}",
+        settings.partitions,
+        settings.replicas,
+        members.join(",")
+    );
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
+}
 
 /// Messages the node supervisor accepts (local only).
 #[derive(RactorMessage)]
@@ -40,7 +65,7 @@ pub struct NodeSupervisor;
 /// The node supervisor's state.
 pub struct NodeSupervisorState {
     settings: NodeSettings,
-    ring: Arc<Ring>,
+    ctx: Arc<NodeContext>,
     table: Arc<PartitionTable>,
     log: CommitLog,
     log_thread: Option<JoinHandle<()>>,
@@ -48,6 +73,8 @@ pub struct NodeSupervisorState {
     routers: Vec<ActorRef<RouterMessage>>,
     server: ActorRef<NodeServerMessage>,
     admin: ActorRef<crate::protocol::AdminMessage>,
+    replica: ActorRef<ReplicaMessage>,
+    cluster: ActorRef<ClusterMessage>,
     stopping: bool,
 }
 
@@ -56,13 +83,8 @@ impl NodeSupervisorState {
         &mut self,
         myself: &ActorRef<NodeSupervisorMessage>,
     ) -> Result<(), ActorProcessingErr> {
-        let args = RouterArgs {
-            node_id: self.settings.node_id.clone(),
-            ring: self.ring.clone(),
-            table: self.table.clone(),
-            limits: self.settings.limits,
-        };
-        let (router, _) = Actor::spawn_linked(None, Router, args, myself.get_cell()).await?;
+        let (router, _) =
+            Actor::spawn_linked(None, Router, self.ctx.clone(), myself.get_cell()).await?;
         ractor::pg::join(
             router_group(&self.settings.node_id),
             vec![router.get_cell()],
@@ -133,14 +155,42 @@ impl Actor for NodeSupervisor {
                 let _ = me.cast(NodeSupervisorMessage::LogStopped);
             })?;
 
-        let admin_args = AdminArgs {
+        let ring_hash = ring_hash(&settings);
+        let peers = Arc::new(PeerTable::new(
+            &settings.node_id,
+            ring_hash,
+            &settings.members,
+            settings.max_in_flight_per_peer,
+        ));
+        let ctx = Arc::new(NodeContext {
             node_id: settings.node_id.clone(),
-            partitions: settings.partitions,
+            ring: ring.clone(),
+            table: table.clone(),
+            peers: peers.clone(),
+            limits: settings.limits,
+            conflict: settings.conflict,
+            default_r: settings.default_r,
+            default_w: settings.default_w,
+            default_timeout: settings.request_timeout,
+            max_coordinating: settings.max_coordinating,
+            stats: RequestStats::default(),
+        });
+        let replica_args = ReplicaArgs {
+            ctx: ctx.clone(),
+            ring_version: RING_VERSION,
+            ring_hash,
+        };
+        let (replica, _) =
+            Actor::spawn_linked(None, Replica, replica_args, myself.get_cell()).await?;
+        ractor::pg::join(replica_group(&settings.node_id), vec![replica.get_cell()]);
+        let admin_args = AdminArgs {
+            ctx: ctx.clone(),
             durability: match settings.durability {
                 LogDurability::Sync => "sync".into(),
                 LogDurability::Buffered(_) => "buffered".into(),
             },
-            table: table.clone(),
+            ring_version: RING_VERSION,
+            ring_hash,
         };
         let (admin, _) = Actor::spawn_linked(None, Admin, admin_args, myself.get_cell()).await?;
         ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
@@ -156,10 +206,26 @@ impl Actor for NodeSupervisor {
         )
         .with_listen_addr(me.addr.ip());
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        let cluster_args = ClusterArgs {
+            node_id: settings.node_id.clone(),
+            peers: settings
+                .members
+                .iter()
+                .filter(|m| m.id != settings.node_id)
+                .map(|m| (m.id.clone(), m.addr))
+                .collect(),
+            server: server.clone(),
+            table: peers,
+            heartbeat: settings.heartbeat,
+            missed_beats: settings.missed_heartbeats,
+            ring: (RING_VERSION, ring_hash),
+        };
+        let (cluster, _) =
+            Actor::spawn_linked(None, Cluster, cluster_args, myself.get_cell()).await?;
 
         let mut state = NodeSupervisorState {
             settings,
-            ring,
+            ctx,
             table,
             log,
             log_thread: Some(log_thread),
@@ -167,6 +233,8 @@ impl Actor for NodeSupervisor {
             routers: Vec::new(),
             server,
             admin,
+            replica,
+            cluster,
             stopping: false,
         };
         for _ in 0..state.settings.routers.max(1) {
@@ -197,7 +265,9 @@ impl Actor for NodeSupervisor {
             NodeSupervisorMessage::Shutdown(reply) => {
                 state.stopping = true;
                 tracing::info!("shutting down");
+                state.cluster.stop(None);
                 state.server.stop(None);
+                state.replica.stop(None);
                 for r in &state.routers {
                     r.stop(None);
                 }

@@ -13,14 +13,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use serde_bytes::ByteBuf;
 
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
-use crate::protocol::{KvError, PutReply, PutReplyPort, VnodeHealth, Wire, encode_context};
+use crate::protocol::{KvError, VnodeHealth};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
+use tokio::sync::oneshot;
+
+/// What a coordinated write produced, once durable.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    /// Context covering what the write superseded and the write itself.
+    pub context: CausalContext,
+    /// The key's encoded object after the commit, to replicate.
+    pub object: Vec<u8>,
+}
 
 /// One client write waiting for the next commit.
 #[derive(Debug)]
@@ -31,8 +40,46 @@ pub struct WriteOp {
     pub value: Option<Vec<u8>>,
     /// What the client had seen; `None` for a blind write.
     pub context: Option<CausalContext>,
-    /// Where the acknowledgement goes.
-    pub reply: PutReplyPort,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
+}
+
+/// A replica's object to merge (replication, read repair), waiting for the next commit.
+#[derive(Debug)]
+pub struct MergeOp {
+    /// The key bytes.
+    pub key: Vec<u8>,
+    /// The object to join into the stored one.
+    pub object: Object,
+    /// Answered once the merge is durable.
+    pub reply: oneshot::Sender<Result<(), KvError>>,
+}
+
+/// A queued change.
+#[derive(Debug)]
+enum Op {
+    Write(WriteOp),
+    Merge(MergeOp),
+}
+
+impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Write(w) => &w.key,
+            Op::Merge(m) => &m.key,
+        }
+    }
+
+    fn fail(self, e: KvError) {
+        match self {
+            Op::Write(w) => {
+                let _ = w.reply.send(Err(e));
+            }
+            Op::Merge(m) => {
+                let _ = m.reply.send(Err(e));
+            }
+        }
+    }
 }
 
 /// Messages a vnode accepts (local only).
@@ -40,6 +87,8 @@ pub struct WriteOp {
 pub enum VnodeMessage {
     /// Apply a client write in the next group commit.
     Write(WriteOp),
+    /// Merge a replica's object in the next group commit.
+    Merge(MergeOp),
     /// Commit every queued write now.
     Drain,
     /// Make every committed write durable in the vnode's own file (commit log checkpoint).
@@ -84,7 +133,7 @@ pub struct VnodeArgs {
 pub struct VnodeState {
     args: VnodeArgs,
     store: VnodeStore,
-    pending: Vec<WriteOp>,
+    pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
 }
@@ -164,8 +213,22 @@ impl Actor for Vnode {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             VnodeMessage::Write(op) => {
+                state.args.table.dequeued(state.args.partition);
                 state.pending_bytes += op.key.len() + op.value.as_ref().map_or(0, Vec::len);
-                state.pending.push(op);
+                state.pending.push(Op::Write(op));
+                if state.pending.len() >= state.args.batch_max_writes
+                    || state.pending_bytes >= state.args.batch_max_bytes
+                {
+                    commit(state)?;
+                } else if !state.drain_scheduled {
+                    state.drain_scheduled = true;
+                    myself.cast(VnodeMessage::Drain)?;
+                }
+            }
+            VnodeMessage::Merge(op) => {
+                state.args.table.dequeued(state.args.partition);
+                state.pending_bytes += op.key.len() + 64;
+                state.pending.push(Op::Merge(op));
                 if state.pending.len() >= state.args.batch_max_writes
                     || state.pending_bytes >= state.args.batch_max_bytes
                 {
@@ -251,28 +314,36 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     let (node, dots) = (state.args.node_id.clone(), state.args.dots.clone());
     let (conflict, partition) = (state.args.conflict, state.args.partition);
     let now = now_ms();
-    let mut outcomes: Vec<Result<CausalContext, KvError>> = Vec::with_capacity(ops.len());
+    // Per op: the write's context (merges have none), or why it was refused.
+    let mut outcomes: Vec<Result<Option<CausalContext>, KvError>> = Vec::with_capacity(ops.len());
     let result = state.store.write_batch(false, |lookup| {
-        // Several writes to one key in a batch apply in arrival order.
+        // Several changes to one key in a batch apply in arrival order.
         let mut latest: HashMap<&[u8], Object> = HashMap::new();
         let mut order: Vec<&[u8]> = Vec::new();
         for op in &ops {
-            if !latest.contains_key(op.key.as_slice()) {
-                match lookup(&op.key) {
+            let key = op.key();
+            if !latest.contains_key(key) {
+                match lookup(key) {
                     Ok(current) => {
-                        order.push(&op.key);
-                        latest.insert(&op.key, current.unwrap_or_default());
+                        order.push(key);
+                        latest.insert(key, current.unwrap_or_default());
                     }
                     Err(e) => {
                         // Never overwrite what cannot be read: its versions would be lost.
-                        tracing::error!(partition, error = %e, "unreadable stored object; write refused");
+                        tracing::error!(partition, error = %e, "unreadable stored object; change refused");
                         outcomes.push(Err(KvError::Storage(format!("stored object unreadable: {e}"))));
                         continue;
                     }
                 }
             }
-            let object = latest.get_mut(op.key.as_slice()).expect("inserted above");
-            outcomes.push(apply_op(object, op, &node, &dots, now, conflict));
+            let object = latest.get_mut(key).expect("inserted above");
+            outcomes.push(match op {
+                Op::Write(w) => apply_op(object, w, &node, &dots, now, conflict).map(Some),
+                Op::Merge(m) => {
+                    object.merge(&m.object, conflict);
+                    Ok(None)
+                }
+            });
         }
         order
             .into_iter()
@@ -283,13 +354,12 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         Ok(w) => w,
         Err(e) => {
             for op in ops {
-                let _ = op
-                    .reply
-                    .send(Wire::new(Err(KvError::Storage(e.to_string()))));
+                op.fail(KvError::Storage(e.to_string()));
             }
             return Err(format!("vnode {partition} commit failed: {e}").into());
         }
     };
+    let objects: HashMap<Vec<u8>, Vec<u8>> = written.iter().cloned().collect();
     let entries: Vec<LogEntry> = written
         .into_iter()
         .map(|(key, object)| LogEntry {
@@ -298,21 +368,26 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             object,
         })
         .collect();
-    let mut acks = Vec::with_capacity(ops.len());
+    let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::with_capacity(ops.len());
     for (op, outcome) in ops.into_iter().zip(outcomes) {
-        match outcome {
-            Ok(ctx) => acks.push((op.reply, ctx)),
-            // Refused writes changed nothing that needs the log: answer them now.
-            Err(e) => {
-                let _ = op.reply.send(Wire::new(Err(e)));
+        match (op, outcome) {
+            // Refused changes touched nothing that needs the log: answer them now.
+            (op, Err(e)) => op.fail(e),
+            (Op::Write(w), Ok(ctx)) => {
+                let object = objects.get(&w.key).cloned().unwrap_or_default();
+                let context = ctx.unwrap_or_default();
+                acks.push(Box::new(move || {
+                    let _ = w.reply.send(Ok(WriteOutcome { context, object }));
+                }));
             }
+            (Op::Merge(m), Ok(_)) => acks.push(Box::new(move || {
+                let _ = m.reply.send(Ok(()));
+            })),
         }
     }
     let answer = move || {
-        for (port, ctx) in acks {
-            let _ = port.send(Wire::new(Ok(PutReply {
-                context: ByteBuf::from(encode_context(&ctx)),
-            })));
+        for ack in acks {
+            ack();
         }
     };
     let logged = match state.args.durability {

@@ -2,5 +2,6 @@
 
 pub mod codec;
 pub mod limits;
+pub mod quorum;
 pub mod ring;
 pub mod version;

@@ -1,0 +1,285 @@
+//! Cluster: the node's links to its peers. Dials every member (isolated mode, full mesh),
+//! re-dials with backoff after a disconnect, and runs the failure detector: a heartbeat to
+//! every peer each interval, down after `missed_beats` misses in a row (or at once when the
+//! session drops), up again after it answers. Heartbeats carry each side's ring hash, so every
+//! node knows whether all members agree on the ring.
+//!
+//! ractor_cluster has neither re-dial nor failure detection of its own; a peer marked down has
+//! its session stopped so calls waiting on it fail at once instead of at their deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServerMessage, RactorMessage};
+
+use crate::peer_table::PeerTable;
+use crate::protocol::{Heartbeat, ReplicaMessage, Wire};
+
+/// Messages the cluster actor accepts (local only).
+#[derive(RactorMessage)]
+pub enum ClusterMessage {
+    /// Time to probe every peer and re-dial the unconnected ones.
+    Tick,
+    /// A heartbeat finished: the peer answered (with its ring hash) or not.
+    Probed {
+        /// The peer.
+        node: String,
+        /// Its ring hash when it answered.
+        answer: Option<u64>,
+    },
+    /// A session to a peer closed.
+    SessionClosed(String),
+    /// A dial attempt finished.
+    Dialed {
+        /// The peer.
+        node: String,
+        /// Whether the TCP connection opened.
+        ok: bool,
+    },
+}
+
+/// The cluster actor.
+#[derive(Debug, Default)]
+pub struct Cluster;
+
+/// What the cluster actor is started with.
+pub struct ClusterArgs {
+    /// This node's id.
+    pub node_id: String,
+    /// Peers to link to: id and address.
+    pub peers: Vec<(String, SocketAddr)>,
+    /// The node's ractor_cluster server.
+    pub server: ActorRef<NodeServerMessage>,
+    /// Shared member state the detector writes.
+    pub table: Arc<PeerTable>,
+    /// Interval between heartbeats.
+    pub heartbeat: Duration,
+    /// Consecutive misses before a peer is marked down.
+    pub missed_beats: u32,
+    /// This node's ring version and hash, sent with every heartbeat.
+    pub ring: (u64, u64),
+}
+
+struct PeerLink {
+    addr: SocketAddr,
+    misses: u32,
+    probing: bool,
+    dialing: bool,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+/// The cluster actor's state.
+pub struct ClusterState {
+    args: ClusterArgs,
+    links: HashMap<String, PeerLink>,
+}
+
+struct Events(ActorRef<ClusterMessage>);
+
+fn peer_id(ses: &NodeServerSessionInformation) -> Option<String> {
+    ses.peer_name
+        .as_ref()
+        .and_then(|n| n.name.split('@').next().map(str::to_string))
+}
+
+impl NodeEventSubscription for Events {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        if let Some(id) = peer_id(&ses) {
+            let _ = self.0.cast(ClusterMessage::SessionClosed(id));
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl ClusterState {
+    fn mark_down(&mut self, node: &str, why: &str) {
+        if self.args.table.set_up(node, false) {
+            tracing::warn!(peer = node, reason = why, "peer marked down");
+            let server = self.args.server.clone();
+            let node = node.to_string();
+            // Stopping the session fails every call waiting on that peer at once.
+            tokio::spawn(async move {
+                if let Ok(CallResult::Success(sessions)) = server
+                    .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(2)))
+                    .await
+                {
+                    for s in sessions.values() {
+                        if peer_id(s).as_deref() == Some(node.as_str()) {
+                            s.actor.stop(Some("peer marked down".into()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn dial(&mut self, myself: &ActorRef<ClusterMessage>, node: &str) {
+        let Some(link) = self.links.get_mut(node) else {
+            return;
+        };
+        if link.dialing || Instant::now() < link.next_dial {
+            return;
+        }
+        link.dialing = true;
+        let (server, addr, me, node) = (
+            self.args.server.clone(),
+            link.addr,
+            myself.clone(),
+            node.to_string(),
+        );
+        tokio::spawn(async move {
+            let ok = tokio::time::timeout(
+                Duration::from_secs(2),
+                ractor_cluster::client_connect(&server, addr),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            let _ = me.cast(ClusterMessage::Dialed { node, ok });
+        });
+    }
+
+    fn probe(&mut self, myself: &ActorRef<ClusterMessage>, node: &str) {
+        let Some(link) = self.links.get_mut(node) else {
+            return;
+        };
+        if link.probing {
+            return;
+        }
+        let Some(replica) = self.args.table.replica(node) else {
+            // No session: count a miss and (re-)dial.
+            let _ = myself.cast(ClusterMessage::Probed {
+                node: node.to_string(),
+                answer: None,
+            });
+            self.dial(myself, node);
+            return;
+        };
+        link.probing = true;
+        let beat = Heartbeat {
+            from: self.args.node_id.clone(),
+            ring_version: self.args.ring.0,
+            ring_hash: self.args.ring.1,
+        };
+        let (timeout, me, node) = (self.args.heartbeat, myself.clone(), node.to_string());
+        tokio::spawn(async move {
+            let answer = match replica
+                .call(
+                    |port| ReplicaMessage::Heartbeat(Wire::new(beat), port),
+                    Some(timeout),
+                )
+                .await
+            {
+                Ok(CallResult::Success(Wire(Ok(b)))) => Some(b.ring_hash),
+                _ => None,
+            };
+            let _ = me.cast(ClusterMessage::Probed { node, answer });
+        });
+    }
+}
+
+impl Actor for Cluster {
+    type Msg = ClusterMessage;
+    type State = ClusterState;
+    type Arguments = ClusterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ClusterMessage>,
+        args: ClusterArgs,
+    ) -> Result<ClusterState, ActorProcessingErr> {
+        args.server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "ringkv-cluster".into(),
+            subscription: Box::new(Events(myself.clone())),
+        })?;
+        let links = args
+            .peers
+            .iter()
+            .map(|(id, addr)| {
+                (
+                    id.clone(),
+                    PeerLink {
+                        addr: *addr,
+                        misses: 0,
+                        probing: false,
+                        dialing: false,
+                        next_dial: Instant::now(),
+                        backoff: MIN_BACKOFF,
+                    },
+                )
+            })
+            .collect();
+        myself.send_interval(args.heartbeat, || ClusterMessage::Tick);
+        let mut state = ClusterState { args, links };
+        for id in state.args.table.others() {
+            state.dial(&myself, &id);
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ClusterMessage>,
+        message: ClusterMessage,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ClusterMessage::Tick => {
+                for id in state.args.table.others() {
+                    state.probe(&myself, &id);
+                }
+            }
+            ClusterMessage::Probed { node, answer } => {
+                let Some(link) = state.links.get_mut(&node) else {
+                    return Ok(());
+                };
+                link.probing = false;
+                match answer {
+                    Some(hash) => {
+                        link.misses = 0;
+                        state.args.table.set_ring_hash(&node, hash);
+                        if hash != state.args.ring.1 {
+                            tracing::error!(peer = %node, "peer reports a different ring; check that every node runs the same configuration");
+                        }
+                        if state.args.table.set_up(&node, true) {
+                            tracing::info!(peer = %node, "peer up");
+                        }
+                    }
+                    None => {
+                        link.misses += 1;
+                        if link.misses >= state.args.missed_beats {
+                            state.mark_down(&node, "missed heartbeats");
+                        }
+                    }
+                }
+            }
+            ClusterMessage::SessionClosed(node) => {
+                if state.links.contains_key(&node) {
+                    state.mark_down(&node, "session closed");
+                    state.dial(&myself, &node);
+                }
+            }
+            ClusterMessage::Dialed { node, ok } => {
+                if let Some(link) = state.links.get_mut(&node) {
+                    link.dialing = false;
+                    if ok {
+                        link.backoff = MIN_BACKOFF;
+                    } else {
+                        link.next_dial = Instant::now() + link.backoff;
+                        link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Replica: a node's peer-facing actor (pg group `ringkv.replica.<node>`). Serves replica reads
+//! and merges for the coordinators of other nodes, coordinates writes forwarded to it, and
+//! answers failure-detector heartbeats with this node's ring view.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_bytes::ByteBuf;
+
+use crate::coordinator::{self, NodeContext};
+use crate::core::codec::encode_object;
+use crate::protocol::{Heartbeat, KvError, ReplicaMessage, ReplicaObject, Wire};
+use crate::storage::vnode_store::VnodeStore;
+
+/// The replica actor.
+#[derive(Debug, Default)]
+pub struct Replica;
+
+/// What the replica actor is started with.
+pub struct ReplicaArgs {
+    /// The node's coordination context.
+    pub ctx: Arc<NodeContext>,
+    /// This node's ring version.
+    pub ring_version: u64,
+    /// Hash of this node's ring.
+    pub ring_hash: u64,
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> KvError {
+    tracing::warn!(request = what, error = %e, "dropped a malformed replica message");
+    KvError::BadRequest(format!("malformed {what} message: {e}"))
+}
+
+impl Actor for Replica {
+    type Msg = ReplicaMessage;
+    type State = ReplicaArgs;
+    type Arguments = ReplicaArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ReplicaMessage>,
+        args: ReplicaArgs,
+    ) -> Result<ReplicaArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ReplicaMessage>,
+        message: ReplicaMessage,
+        state: &mut ReplicaArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = state.ctx.clone();
+        match message {
+            ReplicaMessage::Heartbeat(Wire(beat), reply) => {
+                if let Ok(b) = beat {
+                    ctx.peers.set_ring_hash(&b.from, b.ring_hash);
+                }
+                let _ = reply.send(Wire::new(Heartbeat {
+                    from: ctx.node_id.clone(),
+                    ring_version: state.ring_version,
+                    ring_hash: state.ring_hash,
+                }));
+            }
+            ReplicaMessage::Read(Wire(req), reply) => {
+                let result = req.map_err(|e| malformed("read", e)).and_then(|r| {
+                    let db = ctx
+                        .table
+                        .reader(r.partition)
+                        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+                    let object = VnodeStore::read(&db, &r.key)
+                        .map_err(|e| KvError::Storage(e.to_string()))?;
+                    Ok(ReplicaObject {
+                        object: object.map(|o| ByteBuf::from(encode_object(&o))),
+                    })
+                });
+                let _ = reply.send(Wire::new(result));
+            }
+            ReplicaMessage::Write(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("write", e))));
+                }
+                Ok(w) => {
+                    // Merges wait for the vnode's durable commit: never block this mailbox.
+                    tokio::spawn(async move {
+                        let deadline = std::time::Instant::now() + ctx.default_timeout;
+                        let r = coordinator::merge_local(
+                            &ctx,
+                            w.partition,
+                            &w.key,
+                            &w.object,
+                            deadline,
+                        )
+                        .await;
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+            ReplicaMessage::Coordinate(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("coordinate", e))));
+                }
+                Ok(put) => {
+                    tokio::spawn(async move {
+                        let r = coordinator::put(ctx, put, false).await;
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+        }
+        Ok(())
+    }
+}

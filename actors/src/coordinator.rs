@@ -1,0 +1,436 @@
+//! Request coordination: one short-lived task per client request fans out to the key's N
+//! replicas, answers after R (reads) or W (writes) replies, and repairs stale replicas.
+//!
+//! Writes are coordinated by a replica: its vnode mints the new version (so dots are always
+//! minted where the object lives), then the resulting object is merged into the other
+//! replicas. Merging is a join, so a retried or late replica write never creates a false
+//! sibling or brings back a superseded value. A node that receives a write for a key it does
+//! not replicate forwards it to the first replica that is up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use ractor::rpc::CallResult;
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::actors::vnode::{MergeOp, VnodeMessage, WriteOp, WriteOutcome};
+use crate::core::codec::{decode_object, encode_object};
+use crate::core::limits::Limits;
+use crate::core::quorum::{Consistency, Tally, Verdict};
+use crate::core::ring::Ring;
+use crate::core::version::{ConflictPolicy, Object};
+use crate::partition_table::PartitionTable;
+use crate::peer_table::PeerTable;
+use crate::protocol::{
+    GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, ReplicaObject,
+    ReplicaRead, ReplicaWrite, Wire, decode_context, encode_context,
+};
+use crate::request_stats::RequestStats;
+use crate::storage::vnode_store::VnodeStore;
+
+/// Everything a coordinator needs from its node.
+#[derive(Debug)]
+pub struct NodeContext {
+    /// This node's id.
+    pub node_id: String,
+    /// The ring.
+    pub ring: Arc<Ring>,
+    /// Local vnodes.
+    pub table: Arc<PartitionTable>,
+    /// Members and the failure detector's view of them.
+    pub peers: Arc<PeerTable>,
+    /// Key and pair limits.
+    pub limits: Limits,
+    /// Conflict policy for merging replica copies.
+    pub conflict: ConflictPolicy,
+    /// Default read consistency.
+    pub default_r: Consistency,
+    /// Default write consistency.
+    pub default_w: Consistency,
+    /// Deadline of a request that names none.
+    pub default_timeout: Duration,
+    /// Most requests this node coordinates at once before answering `Overloaded`.
+    pub max_coordinating: u64,
+    /// Client request figures.
+    pub stats: RequestStats,
+}
+
+impl NodeContext {
+    fn deadline(&self, timeout_ms: Option<u64>) -> Instant {
+        let t = timeout_ms.map_or(self.default_timeout, Duration::from_millis);
+        Instant::now() + t.min(Duration::from_secs(300))
+    }
+
+    fn required(&self, level: Consistency) -> Result<usize, KvError> {
+        let n = self.ring.replicas();
+        level.required(n).ok_or_else(|| {
+            KvError::BadRequest(format!(
+                "consistency {level} asks for more than the {n} replicas"
+            ))
+        })
+    }
+
+    fn overloaded(&self) -> bool {
+        self.stats.in_flight() > self.max_coordinating
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// One replica's answer to a read: its object, or why it gave none.
+type ReadAnswer = (String, Result<Option<Object>, KvError>);
+
+async fn read_replica(
+    ctx: &NodeContext,
+    node: String,
+    partition: u32,
+    key: &[u8],
+    deadline: Instant,
+) -> ReadAnswer {
+    if node == ctx.node_id {
+        let r = match ctx.table.reader(partition) {
+            Some(db) => VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string())),
+            None => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        };
+        return (node, r);
+    }
+    let Some(_slot) = ctx.peers.acquire(&node) else {
+        return (node, Err(KvError::Overloaded));
+    };
+    let Some(replica) = ctx.peers.replica(&node) else {
+        return (node, Err(KvError::Unavailable { needed: 1, got: 0 }));
+    };
+    let req = ReplicaRead {
+        partition,
+        key: ByteBuf::from(key.to_vec()),
+    };
+    let r = match replica
+        .call(
+            |port| ReplicaMessage::Read(Wire::new(req), port),
+            Some(remaining(deadline)),
+        )
+        .await
+    {
+        Ok(CallResult::Success(Wire(Ok(Ok(ReplicaObject { object }))))) => match object {
+            None => Ok(None),
+            Some(bytes) => decode_object(&bytes)
+                .map(Some)
+                .map_err(|e| KvError::Storage(e.to_string())),
+        },
+        Ok(CallResult::Success(Wire(Ok(Err(e))))) => Err(e),
+        Ok(CallResult::Timeout) => Err(KvError::Timeout),
+        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+    };
+    (node, r)
+}
+
+/// Merges `object` into this node's vnode of `partition`; `Ok` once durable.
+pub async fn merge_local(
+    ctx: &NodeContext,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+    deadline: Instant,
+) -> Result<(), KvError> {
+    let decoded = decode_object(object).map_err(|e| KvError::BadRequest(e.to_string()))?;
+    let (tx, rx) = oneshot::channel();
+    let merge = VnodeMessage::Merge(MergeOp {
+        key: key.to_vec(),
+        object: decoded,
+        reply: tx,
+    });
+    ctx.table
+        .send(partition, merge)
+        .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
+    match tokio::time::timeout(remaining(deadline), rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        Err(_) => Err(KvError::Timeout),
+    }
+}
+
+/// Merges `object` into `node`'s replica; `Ok` once it is durable there.
+async fn write_replica(
+    ctx: &NodeContext,
+    node: &str,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+    deadline: Instant,
+) -> Result<(), KvError> {
+    if node == ctx.node_id {
+        return merge_local(ctx, partition, key, object, deadline).await;
+    }
+    let _slot = ctx.peers.acquire(node).ok_or(KvError::Overloaded)?;
+    let replica = ctx
+        .peers
+        .replica(node)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    let req = ReplicaWrite {
+        partition,
+        key: ByteBuf::from(key.to_vec()),
+        object: ByteBuf::from(object.to_vec()),
+    };
+    match replica
+        .call(
+            |port| ReplicaMessage::Write(Wire::new(req), port),
+            Some(remaining(deadline)),
+        )
+        .await
+    {
+        Ok(CallResult::Success(Wire(Ok(r)))) => r,
+        Ok(CallResult::Timeout) => Err(KvError::Timeout),
+        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+    }
+}
+
+/// The error to report when a quorum could not be met: the failures say why.
+fn shortfall(needed: usize, got: usize, errors: &[KvError]) -> KvError {
+    if errors.iter().any(|e| *e == KvError::Timeout) {
+        KvError::Timeout
+    } else if errors.iter().any(|e| *e == KvError::Overloaded) {
+        KvError::Overloaded
+    } else if let Some(e) = errors
+        .iter()
+        .find(|e| matches!(e, KvError::Storage(_) | KvError::BadContext(_)))
+    {
+        e.clone()
+    } else {
+        KvError::Unavailable { needed, got }
+    }
+}
+
+/// Serves a client read: `respond` gets the answer as soon as R replicas replied; the task
+/// then waits for the rest (up to the deadline) and repairs replicas that are behind.
+pub async fn get(
+    ctx: Arc<NodeContext>,
+    req: GetRequest,
+    respond: impl FnOnce(Result<GetReply, KvError>),
+) {
+    let mut respond = Some(respond);
+    let mut answer = |r: Result<GetReply, KvError>| {
+        if let Some(f) = respond.take() {
+            f(r);
+        }
+    };
+    if let Err(e) = ctx.limits.check_key(&req.key) {
+        return answer(Err(e));
+    }
+    if ctx.overloaded() {
+        return answer(Err(KvError::Overloaded));
+    }
+    let request = ctx.stats.start();
+    let needed = match ctx.required(req.r.unwrap_or(ctx.default_r)) {
+        Ok(n) => n,
+        Err(e) => return answer(Err(e)),
+    };
+    let partition = ctx.ring.partition_of(&req.key);
+    let up: Vec<String> = ctx
+        .ring
+        .preference_list(partition)
+        .iter()
+        .filter(|n| ctx.peers.is_up(n))
+        .cloned()
+        .collect();
+    if up.len() < needed {
+        return answer(Err(KvError::Unavailable {
+            needed,
+            got: up.len(),
+        }));
+    }
+    let deadline = ctx.deadline(req.timeout_ms);
+    let key = req.key.into_vec();
+    let mut pending: FuturesUnordered<_> = up
+        .iter()
+        .map(|n| read_replica(&ctx, n.clone(), partition, &key, deadline))
+        .collect();
+    let mut tally = Tally::new(needed, up.len());
+    let mut answers: Vec<(String, Option<Object>)> = Vec::new();
+    let mut errors = Vec::new();
+    let mut merged = Object::default();
+    let mut request = Some(request);
+    loop {
+        let next = tokio::time::timeout(remaining(deadline), pending.next()).await;
+        let Ok(Some((node, replica_answer))) = next else {
+            break;
+        };
+        let verdict = match replica_answer {
+            Ok(object) => {
+                if let Some(o) = &object {
+                    merged.merge(o, ctx.conflict);
+                }
+                answers.push((node, object));
+                tally.success()
+            }
+            Err(e) => {
+                errors.push(e);
+                tally.failure()
+            }
+        };
+        match verdict {
+            Verdict::Met => answer(Ok(reply_of(&merged))),
+            Verdict::Impossible => answer(Err(shortfall(needed, tally.successes(), &errors))),
+            Verdict::Pending => continue,
+        }
+        request.take();
+    }
+    answer(Err(KvError::Timeout));
+    drop(request);
+    // Every reply is in (or the deadline passed): repair the replicas that are behind.
+    let stale: Vec<String> = answers
+        .iter()
+        .filter(|(_, o)| o.as_ref() != Some(&merged) && merged != Object::default())
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !stale.is_empty() {
+        let bytes = encode_object(&merged);
+        let deadline = Instant::now() + ctx.default_timeout;
+        for node in stale {
+            if let Err(e) = write_replica(&ctx, &node, partition, &key, &bytes, deadline).await {
+                tracing::debug!(%node, error = %e, "read repair failed");
+            }
+        }
+    }
+}
+
+/// The client's view of a merged object: distinct live values and a context covering all.
+pub fn reply_of(merged: &Object) -> GetReply {
+    let mut values: Vec<ByteBuf> = Vec::new();
+    for v in merged.values() {
+        // Two versions with the same bytes (a retried write) read as one value.
+        if !values.iter().any(|x| x.as_slice() == v) {
+            values.push(ByteBuf::from(v.to_vec()));
+        }
+    }
+    GetReply {
+        values,
+        context: ByteBuf::from(encode_context(&merged.read_context())),
+    }
+}
+
+/// Serves a client write (or delete); `forward` allows handing it to a replica when this node
+/// is not one.
+pub async fn put(
+    ctx: Arc<NodeContext>,
+    req: PutRequest,
+    forward: bool,
+) -> Result<PutReply, KvError> {
+    match &req.value {
+        Some(v) => ctx.limits.check_pair(&req.key, v)?,
+        None => ctx.limits.check_key(&req.key)?,
+    }
+    let context = req
+        .context
+        .as_ref()
+        .map(|c| decode_context(c))
+        .transpose()?;
+    if ctx.overloaded() {
+        return Err(KvError::Overloaded);
+    }
+    let _req = ctx.stats.start();
+    let needed = ctx.required(req.w.unwrap_or(ctx.default_w))?;
+    let partition = ctx.ring.partition_of(&req.key);
+    let prefs = ctx.ring.preference_list(partition).to_vec();
+    let up: Vec<String> = prefs
+        .iter()
+        .filter(|n| ctx.peers.is_up(n))
+        .cloned()
+        .collect();
+    if up.len() < needed {
+        return Err(KvError::Unavailable {
+            needed,
+            got: up.len(),
+        });
+    }
+    let deadline = ctx.deadline(req.timeout_ms);
+    if !prefs.contains(&ctx.node_id) {
+        if !forward {
+            return Err(KvError::BadRequest(
+                "this node does not replicate the key".into(),
+            ));
+        }
+        return forward_put(&ctx, &up[0], req, deadline).await;
+    }
+    // The local replica mints the version, durably, before it is replicated.
+    let (tx, rx) = oneshot::channel();
+    let op = WriteOp {
+        key: req.key.to_vec(),
+        value: req.value.map(ByteBuf::into_vec),
+        context,
+        reply: tx,
+    };
+    ctx.table
+        .send(partition, VnodeMessage::Write(op))
+        .map_err(|_| KvError::Unavailable { needed, got: 0 })?;
+    let WriteOutcome { context, object } = match tokio::time::timeout(remaining(deadline), rx).await
+    {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) => return Err(KvError::Unavailable { needed, got: 0 }),
+        Err(_) => return Err(KvError::Timeout),
+    };
+    let reply = PutReply {
+        context: ByteBuf::from(encode_context(&context)),
+    };
+    let others: Vec<&String> = up.iter().filter(|n| **n != ctx.node_id).collect();
+    let mut tally = Tally::new(needed, others.len() + 1);
+    if tally.success() == Verdict::Met && others.is_empty() {
+        return Ok(reply);
+    }
+    let key = req.key.into_vec();
+    let mut pending: FuturesUnordered<_> = others
+        .iter()
+        .map(|n| write_replica(&ctx, n, partition, &key, &object, deadline))
+        .collect();
+    let mut errors = Vec::new();
+    if tally.verdict() == Verdict::Met {
+        // W = 1: answer now; the replica writes were sent when first polled, so drive them
+        // once and let them finish on the replicas.
+        let _ = futures::poll!(pending.next());
+        return Ok(reply);
+    }
+    // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
+    while let Ok(Some(r)) = tokio::time::timeout(remaining(deadline), pending.next()).await {
+        let verdict = match r {
+            Ok(()) => tally.success(),
+            Err(e) => {
+                errors.push(e);
+                tally.failure()
+            }
+        };
+        match verdict {
+            Verdict::Met => return Ok(reply),
+            Verdict::Impossible => return Err(shortfall(needed, tally.successes(), &errors)),
+            Verdict::Pending => {}
+        }
+    }
+    Err(KvError::Timeout)
+}
+
+async fn forward_put(
+    ctx: &NodeContext,
+    target: &str,
+    req: PutRequest,
+    deadline: Instant,
+) -> Result<PutReply, KvError> {
+    let replica = ctx
+        .peers
+        .replica(target)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    let _slot = ctx.peers.acquire(target).ok_or(KvError::Overloaded)?;
+    match replica
+        .call(
+            |port| ReplicaMessage::Coordinate(Wire::new(req), port),
+            Some(remaining(deadline)),
+        )
+        .await
+    {
+        Ok(CallResult::Success(Wire(Ok(r)))) => r,
+        Ok(CallResult::Timeout) => Err(KvError::Timeout),
+        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+    }
+}
