@@ -18,8 +18,9 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
-    AdminMessage, CrashVnodeRequest, GetReply, GetRequest, NodeStatus, PingReply, PingRequest,
-    PutReply, PutRequest, RouterMessage, Wire, admin_group, router_group,
+    AdminMessage, CrashVnodeRequest, GetReply, GetRequest, MemberView, NodeStats, NodeStatus,
+    PingReply, PingRequest, PutReply, PutRequest, RingView, RouterMessage, Wire, admin_group,
+    router_group,
 };
 use serde_bytes::ByteBuf;
 
@@ -120,6 +121,8 @@ pub struct RequestOptions {
     pub r: Option<Consistency>,
     /// Replicas a write waits for (`None`: the cluster's default).
     pub w: Option<Consistency>,
+    /// Send the request to this node only (it coordinates, or forwards a write to a replica).
+    pub via: Option<String>,
 }
 
 impl RequestOptions {
@@ -416,6 +419,7 @@ impl Client {
         &self,
         key: &[u8],
         write: bool,
+        via: Option<&str>,
         timeout: Duration,
         msg: F,
     ) -> Result<R, KvError>
@@ -427,7 +431,11 @@ impl Client {
         let n = self.inner.next.load(Ordering::Relaxed);
         let mut last = KvError::NotConnected("no member is reachable".into());
         let mut lost_once = false;
-        for node in self.candidates(Some(key), write) {
+        let nodes = match via {
+            Some(id) => vec![id.to_string()],
+            None => self.candidates(Some(key), write),
+        };
+        for node in nodes {
             let Some(router) = self.router_of(&node, n) else {
                 continue;
             };
@@ -526,7 +534,7 @@ impl Client {
             timeout_ms: Some(timeout.as_millis() as u64),
         };
         let reply: PutReply = self
-            .send(key, true, timeout, &|port| {
+            .send(key, true, opts.via.as_deref(), timeout, &|port| {
                 RouterMessage::Put(Wire::new(request.clone()), port)
             })
             .await?;
@@ -551,7 +559,7 @@ impl Client {
             timeout_ms: Some(timeout.as_millis() as u64),
         };
         let reply: GetReply = self
-            .send(key.as_ref(), false, timeout, &|port| {
+            .send(key.as_ref(), false, opts.via.as_deref(), timeout, &|port| {
                 RouterMessage::Get(Wire::new(request.clone()), port)
             })
             .await?;
@@ -586,20 +594,53 @@ impl Client {
             .ok_or_else(|| KvError::NotConnected(format!("node {node} is not reachable")))
     }
 
+    async fn admin_call<T, F>(&self, node: &str, msg: F) -> Result<T, KvError>
+    where
+        T: Send + 'static,
+        F: FnOnce(RpcReplyPort<Wire<T>>) -> AdminMessage,
+    {
+        let admin = self.admin(node)?;
+        match admin.call(msg, Some(self.timeout(None))).await {
+            Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
+        }
+    }
+
     /// A node's status from its admin actor.
     pub async fn node_status(&self, node: &str) -> Result<NodeStatus, KvError> {
-        let admin = self.admin(node)?;
-        match admin
-            .call(
-                |port| AdminMessage::Status(Wire::new(PingRequest {}), port),
-                Some(self.timeout(None)),
-            )
+        self.admin_call(node, |p| AdminMessage::Status(Wire::new(PingRequest {}), p))
             .await
-        {
-            Ok(CallResult::Success(Wire(Ok(status)))) => Ok(status),
-            Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            _ => Err(KvError::NotConnected(format!("status of {node} failed"))),
-        }
+    }
+
+    /// The members as `node`'s failure detector sees them.
+    pub async fn members(&self, node: &str) -> Result<Vec<MemberView>, KvError> {
+        self.admin_call(node, |p| {
+            AdminMessage::Members(Wire::new(PingRequest {}), p)
+        })
+        .await
+    }
+
+    /// The ring as `node` sees it.
+    pub async fn ring(&self, node: &str) -> Result<RingView, KvError> {
+        self.admin_call(node, |p| AdminMessage::Ring(Wire::new(PingRequest {}), p))
+            .await
+    }
+
+    /// `node`'s load figures.
+    pub async fn stats(&self, node: &str) -> Result<NodeStats, KvError> {
+        self.admin_call(node, |p| AdminMessage::Stats(Wire::new(PingRequest {}), p))
+            .await
+    }
+
+    /// Ids of the members in the configuration, in order.
+    pub fn member_ids(&self) -> Vec<String> {
+        self.inner
+            .config
+            .members
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Makes one vnode of `node` fail so its supervisor restarts it (fault drills and tests).

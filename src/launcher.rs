@@ -308,9 +308,10 @@ async fn wait_ready(
             }
         }
         if let Ok(client) = Client::connect(client_cfg.clone()).await {
+            // Ready means serving and agreeing with every member on the ring.
             let mut ready = 0;
             for n in nodes {
-                if client.ping(Some(&n.id)).await.is_ok() {
+                if client.node_status(&n.id).await.is_ok_and(|s| s.ring_agreed) {
                     ready += 1;
                 }
             }
@@ -319,7 +320,7 @@ async fn wait_ready(
             }
         }
         if Instant::now() >= deadline {
-            return Err("nodes did not become ready within 60 s; see their node.log files".into());
+            return Err("nodes did not become ready (serving and agreeing on the ring) within 60 s; see their node.log files".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

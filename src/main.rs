@@ -113,6 +113,9 @@ struct OneShot {
     /// Replicas a write waits for: one, quorum, all or a number (default from the configuration).
     #[arg(short = 'w', long = "w")]
     w: Option<Consistency>,
+    /// Send the request to this node (default: the key's replicas, then any member).
+    #[arg(long)]
+    via: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -280,6 +283,7 @@ fn options(common: &OneShot, context: Option<&str>) -> Result<RequestOptions, Kv
         timeout: common.timeout_ms.map(Duration::from_millis),
         r: common.r,
         w: common.w,
+        via: common.via.clone(),
     })
 }
 

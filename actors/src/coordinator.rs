@@ -191,9 +191,9 @@ async fn write_replica(
 
 /// The error to report when a quorum could not be met: the failures say why.
 fn shortfall(needed: usize, got: usize, errors: &[KvError]) -> KvError {
-    if errors.iter().any(|e| *e == KvError::Timeout) {
+    if errors.contains(&KvError::Timeout) {
         KvError::Timeout
-    } else if errors.iter().any(|e| *e == KvError::Overloaded) {
+    } else if errors.contains(&KvError::Overloaded) {
         KvError::Overloaded
     } else if let Some(e) = errors
         .iter()
