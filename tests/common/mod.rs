@@ -56,10 +56,15 @@ impl TestCluster {
     /// Writes a config for `nodes` members named `<prefix>1..` with `extra` TOML appended
     /// to the `[cluster]` section's neighbours, without starting anything.
     pub fn configure(prefix: &str, nodes: usize, extra: &str) -> TestCluster {
+        TestCluster::configure_replicated(prefix, nodes, 1, extra)
+    }
+
+    /// Like [`TestCluster::configure`], with replication factor `replicas`.
+    pub fn configure_replicated(prefix: &str, nodes: usize, replicas: usize, extra: &str) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (1..=nodes).map(|i| format!("{prefix}{i}")).collect();
-        let mut toml = String::from(
-            "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = 1\ndata_dir = \"data\"\n\n",
+        let mut toml = format!(
+            "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = {replicas}\ndata_dir = \"data\"\n\n",
         );
         for id in &ids {
             toml += &format!(
@@ -124,8 +129,44 @@ impl TestCluster {
         self.children[i] = Some(cmd.spawn().expect("ringkv node starts"));
     }
 
-    /// Waits until every running node answers a ping through a fresh SDK connection.
+    /// Starts `nodes` nodes replicating every key `replicas` times and waits until each sees
+    /// every other one up.
+    pub async fn start_replicated(prefix: &str, nodes: usize, replicas: usize, extra: &str) -> TestCluster {
+        let mut c = TestCluster::configure_replicated(prefix, nodes, replicas, extra);
+        for i in 0..nodes {
+            c.spawn(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    /// True while node `i`'s process runs.
+    pub fn running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// Waits until every running node answers and sees every other running node up.
     pub async fn wait_ready(&mut self) {
+        self.wait_answering().await;
+        let client = self.client().await;
+        let running: Vec<String> = (0..self.ids.len()).filter(|&i| self.running(i)).map(|i| self.ids[i].clone()).collect();
+        wait_until("running nodes to see each other up", Duration::from_secs(60), || {
+            let (client, running) = (client.clone(), running.clone());
+            async move {
+                for id in &running {
+                    match client.members(id).await {
+                        Ok(view) if running.iter().all(|r| view.iter().any(|m| &m.id == r && m.up)) => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every running node answers a ping through a fresh SDK connection.
+    async fn wait_answering(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for (i, c) in self.children.iter_mut().enumerate() {

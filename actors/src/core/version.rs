@@ -112,6 +112,10 @@ impl Default for ConflictPolicy {
 pub struct Object {
     /// Join of every dot this object has seen, including superseded ones.
     pub clock: VersionVector,
+    /// Dots seen (superseded by a write that named them) beyond the clock: a replica may learn
+    /// that a write was superseded before the write itself arrives.
+    #[serde(default)]
+    pub cloud: Vec<Dot>,
     /// Concurrent versions, none of which is covered by another's write; never two with one dot.
     pub siblings: Vec<Sibling>,
 }
@@ -131,8 +135,21 @@ impl Object {
     pub fn read_context(&self) -> CausalContext {
         CausalContext {
             seen: self.clock.clone(),
-            dots: Vec::new(),
+            dots: self.cloud.clone(),
         }
+    }
+
+    /// True when this object has seen the write `dot`.
+    pub fn has_seen(&self, dot: &Dot) -> bool {
+        self.clock.covers(dot) || self.cloud.contains(dot)
+    }
+
+    /// Drops cloud dots the clock now covers, keeping the cloud sorted and unique.
+    fn compact(&mut self) {
+        let clock = &self.clock;
+        self.cloud.retain(|d| !clock.covers(d));
+        self.cloud.sort();
+        self.cloud.dedup();
     }
 
     /// The smallest counter `node` may use for its next write here: above every counter of
@@ -173,9 +190,12 @@ impl Object {
             node: node.to_string(),
             counter,
         };
-        // Only the vector part joins the clock: a lone dot does not imply its predecessors.
+        // Only the vector part joins the clock: a lone dot does not imply its predecessors,
+        // so seen dots beyond it go to the cloud.
         self.clock.join(&seen.seen);
         self.clock.0.insert(node.to_string(), counter);
+        self.cloud.extend(seen.dots.iter().cloned());
+        self.compact();
         self.siblings.push(Sibling {
             dot: dot.clone(),
             timestamp_ms,
@@ -194,18 +214,18 @@ impl Object {
         let mut kept: Vec<Sibling> = self
             .siblings
             .iter()
-            .filter(|s| {
-                !other.clock.covers(&s.dot) || other.siblings.iter().any(|o| o.dot == s.dot)
-            })
+            .filter(|s| !other.has_seen(&s.dot) || other.siblings.iter().any(|o| o.dot == s.dot))
             .cloned()
             .collect();
         for s in &other.siblings {
             let known_here = self.siblings.iter().any(|m| m.dot == s.dot);
-            if !known_here && !self.clock.covers(&s.dot) {
+            if !known_here && !self.has_seen(&s.dot) {
                 kept.push(s.clone());
             }
         }
         self.clock.join(&other.clock);
+        self.cloud.extend(other.cloud.iter().cloned());
+        self.compact();
         self.siblings = kept;
         self.resolve(policy);
     }
@@ -320,6 +340,23 @@ mod tests {
     }
 
     #[test]
+    fn a_write_superseded_before_it_arrives_never_comes_back() {
+        let mut a = Object::default();
+        put(&mut a, "a", None, Some(b"base".to_vec()), 1, SIBS);
+        let mut b = a.clone();
+        // A writes at replica a; the client continues at replica b before b got A's write.
+        let read = a.read_context();
+        let ctx = put(&mut a, "a", Some(&read), Some(b"one".to_vec()), 2, SIBS);
+        put(&mut b, "b", Some(&ctx), Some(b"two".to_vec()), 3, SIBS);
+        let mut late = b.clone();
+        late.merge(&a, SIBS);
+        assert_eq!(vals(&late), vec![b"two".to_vec()], "no false sibling at b");
+        a.merge(&b, SIBS);
+        assert_eq!(a, late, "replicas converge");
+        assert!(a.cloud.is_empty(), "the cloud compacts once the clock covers it");
+    }
+
+    #[test]
     fn counters_from_a_context_are_never_reused() {
         let mut o = Object::default();
         let mut ctx = CausalContext::default();
@@ -402,28 +439,27 @@ mod tests {
     }
 
     /// A replica history: each step is a write at one of three replicas, optionally after a sync.
-    fn arb_history() -> impl Strategy<Value = Vec<(usize, bool, bool)>> {
-        prop::collection::vec((0usize..3, any::<bool>(), any::<bool>()), 1..24)
+    /// Context modes: 0 blind, 1 the replica's read context, 2 the last write's reply context.
+    fn arb_history() -> impl Strategy<Value = Vec<(usize, bool, u8)>> {
+        prop::collection::vec((0usize..3, any::<bool>(), 0u8..3), 1..24)
     }
 
-    fn replay(history: &[(usize, bool, bool)]) -> Vec<Object> {
+    fn replay(history: &[(usize, bool, u8)]) -> Vec<Object> {
         let names = ["a", "b", "c"];
         let mut reps = vec![Object::default(); 3];
-        for (i, &(r, sync_first, with_ctx)) in history.iter().enumerate() {
+        let mut last_reply = CausalContext::default();
+        for (i, &(r, sync_first, mode)) in history.iter().enumerate() {
             if sync_first {
                 let from = reps[(r + 1) % 3].clone();
                 reps[r].merge(&from, SIBS);
             }
-            let ctx = reps[r].read_context();
-            let ctx = if with_ctx { Some(&ctx) } else { None };
-            put(
-                &mut reps[r],
-                names[r],
-                ctx,
-                Some(vec![i as u8]),
-                i as u64,
-                SIBS,
-            );
+            let ctx = match mode {
+                0 => None,
+                1 => Some(reps[r].read_context()),
+                _ => Some(last_reply.clone()),
+            };
+            let v = Some(vec![i as u8]);
+            last_reply = put(&mut reps[r], names[r], ctx.as_ref(), v, i as u64, SIBS);
         }
         reps
     }
@@ -449,12 +485,12 @@ mod tests {
             let mut all = r[0].clone();
             all.merge(&r[1], SIBS);
             all.merge(&r[2], SIBS);
-            // Every sibling surviving on some replica and not covered by another replica's
-            // clock (unless that replica holds the same dot) survives the merge.
+            // Every sibling surviving on some replica and not seen by another replica (unless
+            // that replica holds the same dot) survives the merge.
             for (i, rep) in r.iter().enumerate() {
                 for s in &rep.siblings {
                     let superseded = r.iter().enumerate().any(|(j, o)| {
-                        j != i && o.clock.covers(&s.dot) && !o.siblings.iter().any(|x| x.dot == s.dot)
+                        j != i && o.has_seen(&s.dot) && !o.siblings.iter().any(|x| x.dot == s.dot)
                     });
                     prop_assert_eq!(all.siblings.iter().any(|x| x.dot == s.dot), !superseded);
                 }
