@@ -64,6 +64,44 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Key popularity.
     pub distribution: KeyDistribution,
+    /// Print ops/s, errors and p99 every second while running.
+    pub progress: bool,
+}
+
+/// Per-second figures shared by the workers and the progress printer.
+struct Interval {
+    hist: std::sync::Mutex<Histogram<u64>>,
+    ops: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+impl Interval {
+    fn new() -> Interval {
+        Interval {
+            hist: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).unwrap()),
+            ops: Default::default(),
+            errors: Default::default(),
+        }
+    }
+
+    fn record(&self, micros: u64, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.hist.lock().unwrap().saturating_record(micros);
+        if ok {
+            self.ops.fetch_add(1, Relaxed)
+        } else {
+            self.errors.fetch_add(1, Relaxed)
+        };
+    }
+
+    /// Takes and resets this second's figures: (ops, errors, p99 ms).
+    fn take(&self) -> (u64, u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut h = self.hist.lock().unwrap();
+        let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+        h.reset();
+        (self.ops.swap(0, Relaxed), self.errors.swap(0, Relaxed), p99)
+    }
 }
 
 /// What a run measured.
@@ -118,11 +156,27 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
 
     let started = Instant::now();
     let end = started + opts.duration;
+    let interval = Arc::new(Interval::new());
+    let printer = opts.progress.then(|| {
+        let interval = interval.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut second = 0;
+            while Instant::now() < end {
+                tick.tick().await;
+                second += 1;
+                let (ops, errors, p99) = interval.take();
+                eprintln!("t={second:>3}s  {ops:>7} ops/s  {errors:>4} errors  p99 {p99:.2} ms");
+            }
+        })
+    });
     let mut tasks = Vec::new();
     for t in 0..opts.concurrency {
         let client = client.clone();
         let value = value.clone();
         let opts = opts.clone();
+        let interval = interval.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut rng = SmallRng::seed_from_u64(t as u64 * 7919 + 1);
@@ -147,6 +201,9 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
                 };
                 let micros = t0.elapsed().as_micros().max(1) as u64;
                 hist.saturating_record(micros);
+                if opts.progress {
+                    interval.record(micros, r.is_ok());
+                }
                 match r {
                     Ok(()) => ok += 1,
                     Err(e) => {
@@ -175,6 +232,9 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(p) = printer {
+        p.abort();
+    }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(BenchReport {
         workload: match opts.workload {

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod launcher;
 
 pub use client::{Client, ClientConfig, Context, GetResult, KvError, RequestOptions};

@@ -96,6 +96,18 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Print ops/s, errors and p99 every second while running (to stderr).
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Interactive admin console (status, members, ring, stats, get/put/delete).
+    Console {
+        /// Run this one console command, print its result and exit with its exit code.
+        #[arg(short = 'c', long)]
+        command: Option<String>,
+        /// Machine-readable output of every command.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -178,6 +190,10 @@ async fn main() -> ExitCode {
         Cmd::Cluster { action } => {
             init_tracing("warn,ractor_cluster=error");
             run_cluster(&cli.config, action).await
+        }
+        Cmd::Console { command, json } => {
+            init_tracing("warn,ractor_cluster=error");
+            ringkv::console::run(&cli.config, command, json).await
         }
         cmd => {
             init_tracing("warn,ractor_cluster=error");
@@ -374,6 +390,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
             duration,
             distribution,
             json,
+            progress,
         } => {
             let opts = BenchOptions {
                 workload,
@@ -382,6 +399,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
                 concurrency,
                 duration: Duration::from_secs(duration),
                 distribution,
+                progress,
             };
             match bench::run(&client, &opts).await {
                 Ok(report) if json => {
@@ -395,7 +413,9 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Cmd::Node { .. } | Cmd::Cluster { .. } => unreachable!("handled in main"),
+        Cmd::Node { .. } | Cmd::Cluster { .. } | Cmd::Console { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -34,14 +34,25 @@ async fn quorum_writes_are_read_back_through_every_node() {
     for i in 0..150 {
         let node = &c.ids[i % 3];
         client
-            .put_with(format!("k{i}"), format!("v{i}"), &level(None, quorum, Some(node)))
+            .put_with(
+                format!("k{i}"),
+                format!("v{i}"),
+                &level(None, quorum, Some(node)),
+            )
             .await
             .unwrap();
     }
     for node in &c.ids {
         for i in 0..150 {
-            let r = client.get_with(format!("k{i}"), &level(quorum, None, Some(node))).await.unwrap();
-            assert_eq!(r.values, vec![format!("v{i}").into_bytes()], "k{i} through {node}");
+            let r = client
+                .get_with(format!("k{i}"), &level(quorum, None, Some(node)))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.values,
+                vec![format!("v{i}").into_bytes()],
+                "k{i} through {node}"
+            );
         }
     }
 }
@@ -55,16 +66,34 @@ async fn write_all_with_a_node_down_fails_promptly() {
     let (n1, n3) = (c.ids[0].clone(), c.ids[2].clone());
     wait_until("n1 to see n3 down", Duration::from_secs(10), || {
         let (client, n1, n3) = (client.clone(), n1.clone(), n3.clone());
-        async move { client.members(&n1).await.is_ok_and(|v| v.iter().any(|m| m.id == n3 && !m.up)) }
+        async move {
+            client
+                .members(&n1)
+                .await
+                .is_ok_and(|v| v.iter().any(|m| m.id == n3 && !m.up))
+        }
     })
     .await;
     let started = Instant::now();
-    let err = client.put_with("k", "w", &level(None, Some(Consistency::All), Some(&n1))).await.unwrap_err();
+    let err = client
+        .put_with("k", "w", &level(None, Some(Consistency::All), Some(&n1)))
+        .await
+        .unwrap_err();
     assert_eq!(err, KvError::Unavailable { needed: 3, got: 2 });
-    assert!(started.elapsed() < Duration::from_millis(500), "failed fast: {:?}", started.elapsed());
-    let err = client.get_with("k", &level(Some(Consistency::All), None, Some(&n1))).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    let err = client
+        .get_with("k", &level(Some(Consistency::All), None, Some(&n1)))
+        .await
+        .unwrap_err();
     assert_eq!(err, KvError::Unavailable { needed: 3, got: 2 });
-    client.put_with("k", "q", &level(None, Some(Consistency::Quorum), None)).await.unwrap();
+    client
+        .put_with("k", "q", &level(None, Some(Consistency::Quorum), None))
+        .await
+        .unwrap();
     assert_eq!(client.get("k").await.unwrap().values, vec![b"q".to_vec()]);
 }
 
@@ -74,35 +103,71 @@ async fn concurrent_writes_through_different_nodes_become_siblings() {
     let client = c.client().await;
     let all = Some(Consistency::All);
     client.put("doc", "base").await.unwrap();
-    let base = client.get_with("doc", &level(all, None, None)).await.unwrap().context;
-    let a = RequestOptions { context: Some(base.clone()), ..via(&c.ids[0]) };
-    let b = RequestOptions { context: Some(base), ..via(&c.ids[1]) };
-    let (ra, rb) = tokio::join!(client.put_with("doc", "from-1", &a), client.put_with("doc", "from-2", &b));
+    let base = client
+        .get_with("doc", &level(all, None, None))
+        .await
+        .unwrap()
+        .context;
+    let a = RequestOptions {
+        context: Some(base.clone()),
+        ..via(&c.ids[0])
+    };
+    let b = RequestOptions {
+        context: Some(base),
+        ..via(&c.ids[1])
+    };
+    let (ra, rb) = tokio::join!(
+        client.put_with("doc", "from-1", &a),
+        client.put_with("doc", "from-2", &b)
+    );
     ra.unwrap();
     rb.unwrap();
-    let read = client.get_with("doc", &level(all, None, None)).await.unwrap();
+    let read = client
+        .get_with("doc", &level(all, None, None))
+        .await
+        .unwrap();
     let mut vals = read.values.clone();
     vals.sort();
     assert_eq!(vals, vec![b"from-1".to_vec(), b"from-2".to_vec()]);
-    let resolve = RequestOptions { context: Some(read.context), ..via(&c.ids[2]) };
+    let resolve = RequestOptions {
+        context: Some(read.context),
+        ..via(&c.ids[2])
+    };
     client.put_with("doc", "merged", &resolve).await.unwrap();
     for node in &c.ids {
-        let r = client.get_with("doc", &level(all, None, Some(node))).await.unwrap();
+        let r = client
+            .get_with("doc", &level(all, None, Some(node)))
+            .await
+            .unwrap();
         assert_eq!(r.values, vec![b"merged".to_vec()], "through {node}");
     }
     // A sequential writer passing the context of its last write, through a different node each
     // time and at the default quorum, never produces siblings.
     let mut ctx: Context = client.get("doc").await.unwrap().context;
     for i in 0..30 {
-        let opts = RequestOptions { context: Some(ctx), ..via(&c.ids[i % 3]) };
-        ctx = client.put_with("doc", format!("s{i}"), &opts).await.unwrap();
-        let r = client.get_with("doc", &level(all, None, None)).await.unwrap();
+        let opts = RequestOptions {
+            context: Some(ctx),
+            ..via(&c.ids[i % 3])
+        };
+        ctx = client
+            .put_with("doc", format!("s{i}"), &opts)
+            .await
+            .unwrap();
+        let r = client
+            .get_with("doc", &level(all, None, None))
+            .await
+            .unwrap();
         assert_eq!(r.values, vec![format!("s{i}").into_bytes()], "write {i}");
     }
 }
 
 /// Writers of unique keys at quorum, recording each acknowledged key and every error.
-async fn write_load(client: Client, writers: usize, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> (Vec<String>, Vec<String>) {
+async fn write_load(
+    client: Client,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> (Vec<String>, Vec<String>) {
     let log = Arc::new(Mutex::new((Vec::new(), Vec::new())));
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -143,16 +208,34 @@ async fn sigkill_under_write_load_keeps_quorum_and_read_repair_heals() {
             async move { acked.load(Ordering::Relaxed) >= n }
         }
     };
-    wait_until("500 writes before the kill", Duration::from_secs(60), at(500)).await;
+    wait_until(
+        "500 writes before the kill",
+        Duration::from_secs(60),
+        at(500),
+    )
+    .await;
     c.kill(2);
     let before = acked.load(Ordering::Relaxed);
-    wait_until("1000 more writes after the kill", Duration::from_secs(60), at(before + 1000)).await;
+    wait_until(
+        "1000 more writes after the kill",
+        Duration::from_secs(60),
+        at(before + 1000),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (written, errors) = load.await.unwrap();
     // Only requests caught in flight by the kill may fail; the SDK retries those it can.
-    assert!(errors.len() <= 8, "{} errors at quorum: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(
+        errors.len() <= 8,
+        "{} errors at quorum: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
     for key in &written {
-        let r = client.get_with(key, &level(Some(Consistency::Quorum), None, None)).await.unwrap();
+        let r = client
+            .get_with(key, &level(Some(Consistency::Quorum), None, None))
+            .await
+            .unwrap();
         assert_eq!(r.values, vec![key.clone().into_bytes()], "{key} lost");
     }
 
@@ -161,21 +244,32 @@ async fn sigkill_under_write_load_keeps_quorum_and_read_repair_heals() {
     let n3 = c.ids[2].clone();
     // Reads through the restarted node return current data and repair its stale copies.
     for key in &written {
-        let r = client.get_with(key, &level(Some(Consistency::Quorum), None, Some(&n3))).await.unwrap();
-        assert_eq!(r.values, vec![key.clone().into_bytes()], "{key} through the restarted node");
+        let r = client
+            .get_with(key, &level(Some(Consistency::Quorum), None, Some(&n3)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.values,
+            vec![key.clone().into_bytes()],
+            "{key} through the restarted node"
+        );
     }
     let one = level(Some(Consistency::One), None, Some(&n3));
-    wait_until("read repair to reach the restarted node", Duration::from_secs(30), || {
-        let (client, written, one) = (client.clone(), written.clone(), one.clone());
-        async move {
-            for key in &written {
-                match client.get_with(key, &one).await {
-                    Ok(r) if r.values == vec![key.clone().into_bytes()] => {}
-                    _ => return false,
+    wait_until(
+        "read repair to reach the restarted node",
+        Duration::from_secs(30),
+        || {
+            let (client, written, one) = (client.clone(), written.clone(), one.clone());
+            async move {
+                for key in &written {
+                    match client.get_with(key, &one).await {
+                        Ok(r) if r.values == vec![key.clone().into_bytes()] => {}
+                        _ => return false,
+                    }
                 }
+                true
             }
-            true
-        }
-    })
+        },
+    )
     .await;
 }

@@ -23,6 +23,7 @@ use crate::core::quorum::{Consistency, Tally, Verdict};
 use crate::core::ring::Ring;
 use crate::core::version::{ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
+use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
 use crate::protocol::{
     GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, ReplicaObject,
@@ -56,6 +57,8 @@ pub struct NodeContext {
     pub max_coordinating: u64,
     /// Client request figures.
     pub stats: RequestStats,
+    /// Batching queues to every peer.
+    pub links: std::collections::HashMap<String, PeerLink>,
 }
 
 impl NodeContext {
@@ -102,30 +105,22 @@ async fn read_replica(
     let Some(_slot) = ctx.peers.acquire(&node) else {
         return (node, Err(KvError::Overloaded));
     };
-    let Some(replica) = ctx.peers.replica(&node) else {
+    let Some(link) = ctx.links.get(&node) else {
         return (node, Err(KvError::Unavailable { needed: 1, got: 0 }));
     };
     let req = ReplicaRead {
         partition,
         key: ByteBuf::from(key.to_vec()),
     };
-    let r = match replica
-        .call(
-            |port| ReplicaMessage::Read(Wire::new(req), port),
-            Some(remaining(deadline)),
-        )
+    let r = link
+        .read(req, deadline)
         .await
-    {
-        Ok(CallResult::Success(Wire(Ok(Ok(ReplicaObject { object }))))) => match object {
+        .and_then(|ReplicaObject { object }| match object {
             None => Ok(None),
             Some(bytes) => decode_object(&bytes)
                 .map(Some)
                 .map_err(|e| KvError::Storage(e.to_string())),
-        },
-        Ok(CallResult::Success(Wire(Ok(Err(e))))) => Err(e),
-        Ok(CallResult::Timeout) => Err(KvError::Timeout),
-        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
-    };
+        });
     (node, r)
 }
 
@@ -167,26 +162,16 @@ async fn write_replica(
         return merge_local(ctx, partition, key, object, deadline).await;
     }
     let _slot = ctx.peers.acquire(node).ok_or(KvError::Overloaded)?;
-    let replica = ctx
-        .peers
-        .replica(node)
+    let link = ctx
+        .links
+        .get(node)
         .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
     let req = ReplicaWrite {
         partition,
         key: ByteBuf::from(key.to_vec()),
         object: ByteBuf::from(object.to_vec()),
     };
-    match replica
-        .call(
-            |port| ReplicaMessage::Write(Wire::new(req), port),
-            Some(remaining(deadline)),
-        )
-        .await
-    {
-        Ok(CallResult::Success(Wire(Ok(r)))) => r,
-        Ok(CallResult::Timeout) => Err(KvError::Timeout),
-        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
-    }
+    link.write(req, deadline).await
 }
 
 /// The error to report when a quorum could not be met: the failures say why.

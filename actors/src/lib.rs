@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod core;
 pub mod node;
 pub mod partition_table;
+pub mod peer_link;
 pub mod peer_table;
 pub mod protocol;
 pub mod request_stats;

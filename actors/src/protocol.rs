@@ -226,6 +226,34 @@ pub struct Heartbeat {
     pub ring_hash: u64,
 }
 
+/// Many replica reads in one message (per-peer batching amortizes the transport's cost).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadBatch {
+    /// The reads, answered in order.
+    pub reads: Vec<ReplicaRead>,
+}
+
+/// Answers to a [`ReadBatch`], in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadBatchReply {
+    /// One result per read.
+    pub results: Vec<Result<ReplicaObject, KvError>>,
+}
+
+/// Many replica merges in one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteBatch {
+    /// The merges, answered in order once each is durable.
+    pub writes: Vec<ReplicaWrite>,
+}
+
+/// Answers to a [`WriteBatch`], in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteBatchReply {
+    /// One result per merge.
+    pub results: Vec<Result<(), KvError>>,
+}
+
 /// Messages between nodes for one partition's replicas (pg group `ringkv.replica.<node>`).
 #[derive(RactorClusterMessage)]
 pub enum ReplicaMessage {
@@ -238,6 +266,12 @@ pub enum ReplicaMessage {
     /// Merge an object into the local vnode; answered once durable.
     #[rpc]
     Write(Wire<ReplicaWrite>, RpcReplyPort<Wire<Result<(), KvError>>>),
+    /// Return the stored objects of many keys.
+    #[rpc]
+    ReadMany(Wire<ReadBatch>, RpcReplyPort<Wire<ReadBatchReply>>),
+    /// Merge many objects; answered once all are durable.
+    #[rpc]
+    WriteMany(Wire<WriteBatch>, RpcReplyPort<Wire<WriteBatchReply>>),
     /// Coordinate a client write this node received but does not replicate.
     #[rpc]
     Coordinate(

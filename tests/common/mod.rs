@@ -60,7 +60,12 @@ impl TestCluster {
     }
 
     /// Like [`TestCluster::configure`], with replication factor `replicas`.
-    pub fn configure_replicated(prefix: &str, nodes: usize, replicas: usize, extra: &str) -> TestCluster {
+    pub fn configure_replicated(
+        prefix: &str,
+        nodes: usize,
+        replicas: usize,
+        extra: &str,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (1..=nodes).map(|i| format!("{prefix}{i}")).collect();
         let mut toml = format!(
@@ -131,7 +136,12 @@ impl TestCluster {
 
     /// Starts `nodes` nodes replicating every key `replicas` times and waits until each sees
     /// every other one up.
-    pub async fn start_replicated(prefix: &str, nodes: usize, replicas: usize, extra: &str) -> TestCluster {
+    pub async fn start_replicated(
+        prefix: &str,
+        nodes: usize,
+        replicas: usize,
+        extra: &str,
+    ) -> TestCluster {
         let mut c = TestCluster::configure_replicated(prefix, nodes, replicas, extra);
         for i in 0..nodes {
             c.spawn(i);
@@ -149,19 +159,29 @@ impl TestCluster {
     pub async fn wait_ready(&mut self) {
         self.wait_answering().await;
         let client = self.client().await;
-        let running: Vec<String> = (0..self.ids.len()).filter(|&i| self.running(i)).map(|i| self.ids[i].clone()).collect();
-        wait_until("running nodes to see each other up", Duration::from_secs(60), || {
-            let (client, running) = (client.clone(), running.clone());
-            async move {
-                for id in &running {
-                    match client.members(id).await {
-                        Ok(view) if running.iter().all(|r| view.iter().any(|m| &m.id == r && m.up)) => {}
-                        _ => return false,
+        let running: Vec<String> = (0..self.ids.len())
+            .filter(|&i| self.running(i))
+            .map(|i| self.ids[i].clone())
+            .collect();
+        wait_until(
+            "running nodes to see each other up",
+            Duration::from_secs(60),
+            || {
+                let (client, running) = (client.clone(), running.clone());
+                async move {
+                    for id in &running {
+                        match client.members(id).await {
+                            Ok(view)
+                                if running
+                                    .iter()
+                                    .all(|r| view.iter().any(|m| &m.id == r && m.up)) => {}
+                            _ => return false,
+                        }
                     }
+                    true
                 }
-                true
-            }
-        })
+            },
+        )
         .await;
     }
 

@@ -21,6 +21,7 @@ use crate::actors::vnode_supervisor::{
 use crate::coordinator::NodeContext;
 use crate::core::ring::Ring;
 use crate::partition_table::PartitionTable;
+use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
 use crate::protocol::{ReplicaMessage, RouterMessage, admin_group, replica_group, router_group};
 use crate::request_stats::RequestStats;
@@ -174,6 +175,12 @@ impl Actor for NodeSupervisor {
             default_timeout: settings.request_timeout,
             max_coordinating: settings.max_coordinating,
             stats: RequestStats::default(),
+            links: settings
+                .members
+                .iter()
+                .filter(|m| m.id != settings.node_id)
+                .map(|m| (m.id.clone(), PeerLink::start(m.id.clone(), peers.clone())))
+                .collect(),
         });
         let replica_args = ReplicaArgs {
             ctx: ctx.clone(),

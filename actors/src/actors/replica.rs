@@ -9,7 +9,10 @@ use serde_bytes::ByteBuf;
 
 use crate::coordinator::{self, NodeContext};
 use crate::core::codec::encode_object;
-use crate::protocol::{Heartbeat, KvError, ReplicaMessage, ReplicaObject, Wire};
+use crate::protocol::{
+    Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, Wire,
+    WriteBatchReply,
+};
 use crate::storage::vnode_store::VnodeStore;
 
 /// The replica actor.
@@ -63,18 +66,37 @@ impl Actor for Replica {
                 }));
             }
             ReplicaMessage::Read(Wire(req), reply) => {
-                let result = req.map_err(|e| malformed("read", e)).and_then(|r| {
-                    let db = ctx
-                        .table
-                        .reader(r.partition)
-                        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-                    let object = VnodeStore::read(&db, &r.key)
-                        .map_err(|e| KvError::Storage(e.to_string()))?;
-                    Ok(ReplicaObject {
-                        object: object.map(|o| ByteBuf::from(encode_object(&o))),
-                    })
-                });
+                let result = req
+                    .map_err(|e| malformed("read", e))
+                    .and_then(|r| read_local(&ctx, &r));
                 let _ = reply.send(Wire::new(result));
+            }
+            ReplicaMessage::ReadMany(Wire(req), reply) => {
+                let results = match req {
+                    Ok(batch) => batch.reads.iter().map(|r| read_local(&ctx, r)).collect(),
+                    Err(e) => {
+                        malformed("read batch", e);
+                        Vec::new()
+                    }
+                };
+                let _ = reply.send(Wire::new(ReadBatchReply { results }));
+            }
+            ReplicaMessage::WriteMany(Wire(req), reply) => {
+                let Ok(batch) = req.map_err(|e| malformed("write batch", e)) else {
+                    let _ = reply.send(Wire::new(WriteBatchReply {
+                        results: Vec::new(),
+                    }));
+                    return Ok(());
+                };
+                // Merges wait for the vnodes' durable commits: never block this mailbox.
+                tokio::spawn(async move {
+                    let deadline = std::time::Instant::now() + ctx.default_timeout;
+                    let merges = batch.writes.iter().map(|w| {
+                        coordinator::merge_local(&ctx, w.partition, &w.key, &w.object, deadline)
+                    });
+                    let results = futures::future::join_all(merges).await;
+                    let _ = reply.send(Wire::new(WriteBatchReply { results }));
+                });
             }
             ReplicaMessage::Write(Wire(req), reply) => match req {
                 Err(e) => {
@@ -110,4 +132,16 @@ impl Actor for Replica {
         }
         Ok(())
     }
+}
+
+/// This node's stored object for a replica read.
+fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvError> {
+    let db = ctx
+        .table
+        .reader(r.partition)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    let object = VnodeStore::read(&db, &r.key).map_err(|e| KvError::Storage(e.to_string()))?;
+    Ok(ReplicaObject {
+        object: object.map(|o| ByteBuf::from(encode_object(&o))),
+    })
 }

@@ -353,7 +353,10 @@ mod tests {
         assert_eq!(vals(&late), vec![b"two".to_vec()], "no false sibling at b");
         a.merge(&b, SIBS);
         assert_eq!(a, late, "replicas converge");
-        assert!(a.cloud.is_empty(), "the cloud compacts once the clock covers it");
+        assert!(
+            a.cloud.is_empty(),
+            "the cloud compacts once the clock covers it"
+        );
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Per-peer batching of replica traffic.
+//!
+//! Every remote message through ractor_cluster costs several actor hops on each side, about
+//! as much CPU as a whole local request. Coordinators therefore queue replica reads and merges
+//! per peer; one task per peer and kind sends whatever is queued as a single message, with a
+//! few batches in flight. Under load one message carries many requests; at rest a request
+//! leaves alone at once, so batching adds no waiting. Reads and merges travel separately so a
+//! read never waits behind a merge's fsync.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::peer_table::PeerTable;
+use crate::protocol::{
+    KvError, ReadBatch, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteBatch,
+};
+
+/// Most requests one batch carries.
+const MAX_BATCH: usize = 256;
+/// Batches in flight per peer and kind.
+const MAX_IN_FLIGHT: usize = 4;
+
+type ReadJob = (
+    ReplicaRead,
+    Instant,
+    oneshot::Sender<Result<ReplicaObject, KvError>>,
+);
+type WriteJob = (ReplicaWrite, Instant, oneshot::Sender<Result<(), KvError>>);
+
+/// Batching queues to one peer.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    reads: mpsc::UnboundedSender<ReadJob>,
+    writes: mpsc::UnboundedSender<WriteJob>,
+}
+
+fn unreachable() -> KvError {
+    KvError::Unavailable { needed: 1, got: 0 }
+}
+
+async fn answered<T>(
+    rx: oneshot::Receiver<Result<T, KvError>>,
+    deadline: Instant,
+) -> Result<T, KvError> {
+    match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(unreachable()),
+        Err(_) => Err(KvError::Timeout),
+    }
+}
+
+/// Takes the first job and whatever else is queued, up to a batch.
+async fn next_batch<J>(rx: &mut mpsc::UnboundedReceiver<J>) -> Option<Vec<J>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn call_timeout(deadlines: impl Iterator<Item = Instant>) -> Duration {
+    deadlines
+        .max()
+        .map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+        .max(Duration::from_millis(1))
+}
+
+impl PeerLink {
+    /// Starts the batching tasks for `peer`.
+    pub fn start(peer: String, peers: Arc<PeerTable>) -> PeerLink {
+        let (reads, mut read_rx) = mpsc::unbounded_channel::<ReadJob>();
+        let (writes, mut write_rx) = mpsc::unbounded_channel::<WriteJob>();
+        let (p, table) = (peer.clone(), peers.clone());
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+            while let Some(batch) = next_batch(&mut read_rx).await {
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let (p, table) = (p.clone(), table.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    send_reads(&p, &table, batch).await;
+                });
+            }
+        });
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+            while let Some(batch) = next_batch(&mut write_rx).await {
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let (p, table) = (peer.clone(), peers.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    send_writes(&p, &table, batch).await;
+                });
+            }
+        });
+        PeerLink { reads, writes }
+    }
+
+    /// Reads a key's object on the peer.
+    pub async fn read(
+        &self,
+        req: ReplicaRead,
+        deadline: Instant,
+    ) -> Result<ReplicaObject, KvError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send((req, deadline, tx))
+            .map_err(|_| unreachable())?;
+        answered(rx, deadline).await
+    }
+
+    /// Merges an object into the peer's replica; `Ok` once durable there.
+    pub async fn write(&self, req: ReplicaWrite, deadline: Instant) -> Result<(), KvError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((req, deadline, tx))
+            .map_err(|_| unreachable())?;
+        answered(rx, deadline).await
+    }
+}
+
+async fn send_reads(peer: &str, table: &PeerTable, batch: Vec<ReadJob>) {
+    let Some(replica) = table.replica(peer) else {
+        return batch
+            .into_iter()
+            .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
+    };
+    let timeout = call_timeout(batch.iter().map(|j| j.1));
+    let (reads, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(r, _, tx)| (r, tx)).unzip();
+    let n = reads.len();
+    let result = replica
+        .call(
+            |port| ReplicaMessage::ReadMany(Wire::new(ReadBatch { reads }), port),
+            Some(timeout),
+        )
+        .await;
+    match result {
+        Ok(CallResult::Success(Wire(Ok(reply)))) if reply.results.len() == n => {
+            for (tx, r) in replies.into_iter().zip(reply.results) {
+                let _ = tx.send(r);
+            }
+        }
+        Ok(CallResult::Timeout) => replies
+            .into_iter()
+            .for_each(|tx| drop(tx.send(Err(KvError::Timeout)))),
+        _ => replies
+            .into_iter()
+            .for_each(|tx| drop(tx.send(Err(unreachable())))),
+    }
+}
+
+async fn send_writes(peer: &str, table: &PeerTable, batch: Vec<WriteJob>) {
+    let Some(replica) = table.replica(peer) else {
+        return batch
+            .into_iter()
+            .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
+    };
+    let timeout = call_timeout(batch.iter().map(|j| j.1));
+    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(w, _, tx)| (w, tx)).unzip();
+    let n = writes.len();
+    let result = replica
+        .call(
+            |port| ReplicaMessage::WriteMany(Wire::new(WriteBatch { writes }), port),
+            Some(timeout),
+        )
+        .await;
+    match result {
+        Ok(CallResult::Success(Wire(Ok(reply)))) if reply.results.len() == n => {
+            for (tx, r) in replies.into_iter().zip(reply.results) {
+                let _ = tx.send(r);
+            }
+        }
+        Ok(CallResult::Timeout) => replies
+            .into_iter()
+            .for_each(|tx| drop(tx.send(Err(KvError::Timeout)))),
+        _ => replies
+            .into_iter()
+            .for_each(|tx| drop(tx.send(Err(unreachable())))),
+    }
+}
