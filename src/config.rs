@@ -232,6 +232,8 @@ pub struct ConsistencySection {
     pub w: String,
     /// Deadline of a request that names none, ms.
     pub request_timeout_ms: u64,
+    /// Share of reads (0..=1) that ask every replica rather than R, so all get read-repaired.
+    pub read_repair_chance: f64,
 }
 
 impl Default for ConsistencySection {
@@ -240,6 +242,7 @@ impl Default for ConsistencySection {
             r: "quorum".into(),
             w: "quorum".into(),
             request_timeout_ms: 5000,
+            read_repair_chance: 0.1,
         }
     }
 }
@@ -461,6 +464,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_millis(self.consistency.request_timeout_ms.max(1)),
             max_in_flight_per_peer: self.node.max_in_flight_per_peer.max(1),
             max_coordinating: self.node.max_coordinating.max(1),
+            read_repair_chance: self.consistency.read_repair_chance.clamp(0.0, 1.0),
         })
     }
 

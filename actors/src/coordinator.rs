@@ -30,7 +30,6 @@ use crate::protocol::{
     ReplicaRead, ReplicaWrite, Wire, decode_context, encode_context,
 };
 use crate::request_stats::RequestStats;
-use crate::storage::vnode_store::VnodeStore;
 
 /// Everything a coordinator needs from its node.
 #[derive(Debug)]
@@ -57,6 +56,8 @@ pub struct NodeContext {
     pub max_coordinating: u64,
     /// Client request figures.
     pub stats: RequestStats,
+    /// Share of reads that ask every replica instead of R, for read repair.
+    pub read_repair_chance: f64,
     /// Batching queues to every peer.
     pub links: std::collections::HashMap<String, PeerLink>,
 }
@@ -96,11 +97,7 @@ async fn read_replica(
     deadline: Instant,
 ) -> ReadAnswer {
     if node == ctx.node_id {
-        let r = match ctx.table.reader(partition) {
-            Some(db) => VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string())),
-            None => Err(KvError::Unavailable { needed: 1, got: 0 }),
-        };
-        return (node, r);
+        return (node, ctx.table.read(partition, key));
     }
     let Some(_slot) = ctx.peers.acquire(&node) else {
         return (node, Err(KvError::Overloaded));
@@ -230,7 +227,14 @@ pub async fn get(
     }
     let deadline = ctx.deadline(req.timeout_ms);
     let key = req.key.into_vec();
-    let mut pending: FuturesUnordered<_> = up
+    // Ask R replicas (this node first when it is one), keeping the rest as spares for failed
+    // replies; a share of reads asks all N so replicas outside the first R get repaired too.
+    let mut order = up.clone();
+    order.sort_by_key(|n| *n != ctx.node_id);
+    let ask_all = rand::random::<f64>() < ctx.read_repair_chance;
+    let first = if ask_all { order.len() } else { needed };
+    let mut spares = order.split_off(first).into_iter();
+    let mut pending: FuturesUnordered<_> = order
         .iter()
         .map(|n| read_replica(&ctx, n.clone(), partition, &key, deadline))
         .collect();
@@ -254,6 +258,9 @@ pub async fn get(
             }
             Err(e) => {
                 errors.push(e);
+                if let Some(spare) = spares.next() {
+                    pending.push(read_replica(&ctx, spare, partition, &key, deadline));
+                }
                 tally.failure()
             }
         };

@@ -8,7 +8,10 @@ use ractor::ActorRef;
 use redb::Database;
 
 use crate::actors::vnode::VnodeMessage;
-use crate::protocol::{VnodeHealth, VnodeInfo};
+use crate::core::version::Object;
+use crate::protocol::{KvError, VnodeHealth, VnodeInfo};
+use crate::storage::memtable::Memtable;
+use crate::storage::vnode_store::VnodeStore;
 
 #[derive(Default)]
 struct Slot {
@@ -21,7 +24,7 @@ struct Slot {
 struct Live {
     health: VnodeHealth,
     vnode: Option<ActorRef<VnodeMessage>>,
-    reader: Option<Arc<Database>>,
+    reader: Option<(Arc<Database>, Arc<Memtable>)>,
 }
 
 impl Default for Live {
@@ -62,7 +65,12 @@ impl PartitionTable {
     }
 
     /// Records a started vnode: reads and writes for its partition go to it from now on.
-    pub fn serve(&self, partition: u32, vnode: ActorRef<VnodeMessage>, reader: Arc<Database>) {
+    pub fn serve(
+        &self,
+        partition: u32,
+        vnode: ActorRef<VnodeMessage>,
+        reader: (Arc<Database>, Arc<Memtable>),
+    ) {
         if let Some(s) = self.slot(partition) {
             *s.live.write().unwrap() = Live {
                 health: VnodeHealth::Serving,
@@ -131,9 +139,17 @@ impl PartitionTable {
             .sum()
     }
 
-    /// A read handle on `partition`'s file, if its vnode is serving.
-    pub fn reader(&self, partition: u32) -> Option<Arc<Database>> {
-        self.slot(partition)?.live.read().unwrap().reader.clone()
+    /// Reads `key` from `partition`'s vnode: its memtable, then its file's latest snapshot.
+    /// Never enters the vnode's mailbox.
+    pub fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Object>, KvError> {
+        let (db, memtable) = self
+            .slot(partition)
+            .and_then(|s| s.live.read().unwrap().reader.clone())
+            .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+        if let Some(o) = memtable.get(key) {
+            return Ok(Some(o));
+        }
+        VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string()))
     }
 
     /// Every serving vnode, with its partition.

@@ -74,6 +74,8 @@ pub struct NodeSettings {
     pub max_in_flight_per_peer: usize,
     /// Most requests this node coordinates at once.
     pub max_coordinating: u64,
+    /// Share of reads that ask every replica, not only R, so all get read-repaired.
+    pub read_repair_chance: f64,
 }
 
 impl NodeSettings {

@@ -175,6 +175,7 @@ impl Actor for NodeSupervisor {
             default_timeout: settings.request_timeout,
             max_coordinating: settings.max_coordinating,
             stats: RequestStats::default(),
+            read_repair_chance: settings.read_repair_chance,
             links: settings
                 .members
                 .iter()

@@ -13,7 +13,6 @@ use crate::protocol::{
     Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, Wire,
     WriteBatchReply,
 };
-use crate::storage::vnode_store::VnodeStore;
 
 /// The replica actor.
 #[derive(Debug, Default)]
@@ -136,11 +135,7 @@ impl Actor for Replica {
 
 /// This node's stored object for a replica read.
 fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvError> {
-    let db = ctx
-        .table
-        .reader(r.partition)
-        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-    let object = VnodeStore::read(&db, &r.key).map_err(|e| KvError::Storage(e.to_string()))?;
+    let object = ctx.table.read(r.partition, &r.key)?;
     Ok(ReplicaObject {
         object: object.map(|o| ByteBuf::from(encode_object(&o))),
     })

@@ -11,7 +11,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::coordinator::{self, NodeContext};
 use crate::protocol::{GetReply, GetRequest, KvError, PingReply, RouterMessage, Wire};
-use crate::storage::vnode_store::VnodeStore;
 
 /// The router actor.
 #[derive(Debug, Default)]
@@ -93,11 +92,12 @@ fn local_read(ctx: &NodeContext, req: &GetRequest) -> Option<Result<GetReply, Kv
     if !ctx.ring.is_replica(partition, &ctx.node_id) {
         return None;
     }
-    let db = ctx.table.reader(partition)?;
     let started = std::time::Instant::now();
-    let result = VnodeStore::read(&db, &req.key)
-        .map_err(|e| KvError::Storage(e.to_string()))
-        .map(|o| coordinator::reply_of(&o.unwrap_or_default()));
+    let result = match ctx.table.read(partition, &req.key) {
+        // The local vnode is not serving: let the coordinator ask another replica.
+        Err(KvError::Unavailable { .. }) => return None,
+        r => r.map(|o| coordinator::reply_of(&o.unwrap_or_default())),
+    };
     ctx.stats.record(started.elapsed());
     Some(result)
 }

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
+use crate::core::codec::encode_object;
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
 use crate::protocol::{KvError, VnodeHealth};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
 use crate::storage::dot_sequence::DotSequence;
+use crate::storage::memtable::Memtable;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 use tokio::sync::oneshot;
 
@@ -91,6 +93,8 @@ pub enum VnodeMessage {
     Merge(MergeOp),
     /// Commit every queued write now.
     Drain,
+    /// Write the memtable to the vnode's file (in memory until the next checkpoint).
+    FlushMemtable,
     /// Make every committed write durable in the vnode's own file (commit log checkpoint).
     Flush(RpcReplyPort<Result<(), String>>),
     /// Fail on purpose so the supervisor restarts this vnode (fault injection).
@@ -133,6 +137,8 @@ pub struct VnodeArgs {
 pub struct VnodeState {
     args: VnodeArgs,
     store: VnodeStore,
+    memtable: Arc<Memtable>,
+    flush_scheduled: bool,
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
@@ -189,8 +195,12 @@ impl Actor for Vnode {
             }
             Ok(store)
         })?;
-        args.table
-            .serve(args.partition, myself.clone(), store.reader());
+        let memtable = Arc::new(Memtable::default());
+        args.table.serve(
+            args.partition,
+            myself.clone(),
+            (store.reader(), memtable.clone()),
+        );
         tracing::debug!(
             partition = args.partition,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -199,6 +209,8 @@ impl Actor for Vnode {
         Ok(VnodeState {
             args,
             store,
+            memtable,
+            flush_scheduled: false,
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
@@ -242,8 +254,13 @@ impl Actor for Vnode {
                 state.drain_scheduled = false;
                 commit(state)?;
             }
+            VnodeMessage::FlushMemtable => {
+                state.flush_scheduled = false;
+                flush_memtable(state)?;
+            }
             VnodeMessage::Flush(reply) => {
                 commit(state)?;
+                flush_memtable(state)?;
                 let result = tokio::task::block_in_place(|| state.store.checkpoint());
                 let failed = result.is_err();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -314,60 +331,84 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     let (node, dots) = (state.args.node_id.clone(), state.args.dots.clone());
     let (conflict, partition) = (state.args.conflict, state.args.partition);
     let now = now_ms();
-    // Per op: the write's context (merges have none), or why it was refused.
-    let mut outcomes: Vec<Result<Option<CausalContext>, KvError>> = Vec::with_capacity(ops.len());
-    let result = state.store.write_batch(false, |lookup| {
-        // Several changes to one key in a batch apply in arrival order.
-        let mut latest: HashMap<&[u8], Object> = HashMap::new();
-        let mut order: Vec<&[u8]> = Vec::new();
-        for op in &ops {
-            let key = op.key();
-            if !latest.contains_key(key) {
-                match lookup(key) {
-                    Ok(current) => {
-                        order.push(key);
-                        latest.insert(key, current.unwrap_or_default());
-                    }
-                    Err(e) => {
-                        // Never overwrite what cannot be read: its versions would be lost.
-                        tracing::error!(partition, error = %e, "unreadable stored object; change refused");
-                        outcomes.push(Err(KvError::Storage(format!("stored object unreadable: {e}"))));
-                        continue;
-                    }
+    // Current objects: the memtable's, else the file's (one snapshot for the batch).
+    let mut latest: HashMap<Vec<u8>, Result<Object, KvError>> = HashMap::new();
+    let missing: Vec<&[u8]> = {
+        let mut seen = std::collections::HashSet::new();
+        ops.iter()
+            .map(Op::key)
+            .filter(|k| seen.insert(*k))
+            .filter(|k| match state.memtable.get(k) {
+                Some(o) => {
+                    latest.insert(k.to_vec(), Ok(o));
+                    false
                 }
-            }
-            let object = latest.get_mut(key).expect("inserted above");
-            outcomes.push(match op {
-                Op::Write(w) => apply_op(object, w, &node, &dots, now, conflict).map(Some),
-                Op::Merge(m) => {
-                    object.merge(&m.object, conflict);
-                    Ok(None)
-                }
-            });
-        }
-        order
-            .into_iter()
-            .map(|k| (k.to_vec(), latest.remove(k).unwrap_or_default()))
+                None => true,
+            })
             .collect()
-    });
-    let written = match result {
-        Ok(w) => w,
+    };
+    let stored = match state.store.read_many(&missing) {
+        Ok(s) => s,
         Err(e) => {
             for op in ops {
                 op.fail(KvError::Storage(e.to_string()));
             }
-            return Err(format!("vnode {partition} commit failed: {e}").into());
+            return Err(format!("vnode {partition} cannot read its file: {e}").into());
         }
     };
-    let objects: HashMap<Vec<u8>, Vec<u8>> = written.iter().cloned().collect();
-    let entries: Vec<LogEntry> = written
+    for (k, r) in missing.into_iter().zip(stored) {
+        latest.insert(
+            k.to_vec(),
+            r.map(Option::unwrap_or_default).map_err(|e| {
+                // Never overwrite what cannot be read: its versions would be lost.
+                tracing::error!(partition, error = %e, "unreadable stored object; change refused");
+                KvError::Storage(format!("stored object unreadable: {e}"))
+            }),
+        );
+    }
+    // Per op: the write's context (merges have none), or why it was refused.
+    let mut outcomes: Vec<Result<Option<CausalContext>, KvError>> = Vec::with_capacity(ops.len());
+    let mut changed: Vec<Vec<u8>> = Vec::new();
+    for op in &ops {
+        let outcome = match latest.get_mut(op.key()).expect("looked up above") {
+            Err(e) => Err(e.clone()),
+            Ok(object) => {
+                let r = match op {
+                    Op::Write(w) => apply_op(object, w, &node, &dots, now, conflict).map(Some),
+                    Op::Merge(m) => {
+                        object.merge(&m.object, conflict);
+                        Ok(None)
+                    }
+                };
+                if r.is_ok() && !changed.iter().any(|k| k == op.key()) {
+                    changed.push(op.key().to_vec());
+                }
+                r
+            }
+        };
+        outcomes.push(outcome);
+    }
+    let written: Vec<(Vec<u8>, Object, Vec<u8>)> = changed
         .into_iter()
-        .map(|(key, object)| LogEntry {
-            partition,
-            key,
-            object,
+        .filter_map(|k| {
+            let o = latest.remove(&k)?.ok()?;
+            let bytes = encode_object(&o);
+            Some((k, o, bytes))
         })
         .collect();
+    let objects: HashMap<Vec<u8>, Vec<u8>> = written
+        .iter()
+        .map(|(k, _, b)| (k.clone(), b.clone()))
+        .collect();
+    let entries: Vec<LogEntry> = written
+        .iter()
+        .map(|(key, _, object)| LogEntry {
+            partition,
+            key: key.clone(),
+            object: object.clone(),
+        })
+        .collect();
+    state.memtable.insert_all(written);
     let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::with_capacity(ops.len());
     for (op, outcome) in ops.into_iter().zip(outcomes) {
         match (op, outcome) {
@@ -403,5 +444,36 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if !logged {
         return Err("commit log stopped".into());
     }
+    if state.memtable.len() >= MEMTABLE_MAX_KEYS {
+        flush_memtable(state)?;
+    } else if !state.flush_scheduled && !state.memtable.is_empty() {
+        state.flush_scheduled = true;
+        myself_flush_after(state);
+    }
+    Ok(())
+}
+
+/// Keys a memtable holds before it is flushed at once.
+const MEMTABLE_MAX_KEYS: usize = 1024;
+/// Longest a write waits in the memtable before the file gets it.
+const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(50);
+
+fn myself_flush_after(state: &VnodeState) {
+    if let Some(me) = state.args.table.vnode(state.args.partition) {
+        me.send_after(MEMTABLE_FLUSH_AFTER, || VnodeMessage::FlushMemtable);
+    }
+}
+
+/// Commits the memtable to the file in one in-memory transaction and empties it.
+fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
+    if state.memtable.is_empty() {
+        return Ok(());
+    }
+    let pairs = state.memtable.encoded();
+    if let Err(e) = state.store.put_encoded(&pairs, false) {
+        return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
+    }
+    // The vnode is the only writer, so nothing changed since `encoded()`.
+    state.memtable.clear();
     Ok(())
 }

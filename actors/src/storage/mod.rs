@@ -2,4 +2,5 @@
 
 pub mod commit_log;
 pub mod dot_sequence;
+pub mod memtable;
 pub mod vnode_store;

@@ -7,7 +7,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use crate::core::codec::{decode_object, encode_object};
+use crate::core::codec::decode_object;
 use crate::core::version::Object;
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
@@ -34,9 +34,6 @@ pub struct VnodeStore {
     db: Arc<Database>,
     path: PathBuf,
 }
-
-/// A write to apply in a batch: the key and the object computed for it.
-pub type StoredPair = (Vec<u8>, Object);
 
 /// Keys with their encoded objects, as written to the file and the commit log.
 pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -82,43 +79,45 @@ impl VnodeStore {
         }
     }
 
-    /// Runs one write transaction: `update` sees the current object of each key it asks for
-    /// and returns the objects to store. Commits durably only when `durable` is set; otherwise
+    /// Reads many keys from one snapshot (the vnode's lookups before applying a batch).
+    pub fn read_many(
+        &self,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Result<Option<Object>, StoreError>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        Ok(keys
+            .iter()
+            .map(|k| match table.get(*k).map_err(|e| err("get", e))? {
+                None => Ok(None),
+                Some(v) => decode_object(v.value())
+                    .map(Some)
+                    .map_err(|e| err("decode", e)),
+            })
+            .collect())
+    }
+
+    /// Writes encoded objects in one transaction, durably only when `durable` is set; otherwise
     /// the commit lives in memory until the next durable one (the commit log covers it).
-    pub fn write_batch<F>(&self, durable: bool, update: F) -> Result<EncodedPairs, StoreError>
-    where
-        F: FnOnce(&mut dyn FnMut(&[u8]) -> Result<Option<Object>, StoreError>) -> Vec<StoredPair>,
-    {
+    pub fn put_encoded(
+        &self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| err("durability", e))?;
         }
-        let written = {
+        {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
-            let pairs = {
-                let mut lookup = |key: &[u8]| -> Result<Option<Object>, StoreError> {
-                    match table.get(key).map_err(|e| err("get", e))? {
-                        None => Ok(None),
-                        Some(v) => decode_object(v.value())
-                            .map(Some)
-                            .map_err(|e| err("decode", e)),
-                    }
-                };
-                update(&mut lookup)
-            };
-            let mut written = Vec::with_capacity(pairs.len());
-            for (key, object) in pairs {
-                let bytes = encode_object(&object);
+            for (k, v) in pairs {
                 table
-                    .insert(key.as_slice(), bytes.as_slice())
+                    .insert(k.as_slice(), v.as_slice())
                     .map_err(|e| err("insert", e))?;
-                written.push((key, bytes));
             }
-            written
-        };
-        txn.commit().map_err(|e| err("commit", e))?;
-        Ok(written)
+        }
+        txn.commit().map_err(|e| err("commit", e))
     }
 
     /// Replays commit-log objects, durably. A logged object replaces the stored one unless

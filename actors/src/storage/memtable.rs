@@ -1,0 +1,67 @@
+//! A vnode's recent writes, held in memory until the vnode flushes them to its redb file.
+//!
+//! Why: with writes spread over many vnodes each redb commit carried about one write, and redb
+//! commits were the largest share of a node's CPU. Durability comes from the node's commit log,
+//! so a vnode can collect writes here and commit them to redb in one transaction every few
+//! milliseconds. Readers look here first, then in the file.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::core::version::Object;
+
+/// Key → (object, its encoding, reused by the flush).
+type Entries = HashMap<Vec<u8>, (Object, Vec<u8>)>;
+
+/// Objects written since the last flush.
+#[derive(Debug, Default)]
+pub struct Memtable {
+    entries: RwLock<Entries>,
+}
+
+impl Memtable {
+    /// The latest object of `key` if it was written since the last flush.
+    pub fn get(&self, key: &[u8]) -> Option<Object> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|(o, _)| o.clone())
+    }
+
+    /// Records new objects (the vnode is the only writer).
+    pub fn insert_all(&self, objects: impl IntoIterator<Item = (Vec<u8>, Object, Vec<u8>)>) {
+        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        for (k, o, bytes) in objects {
+            map.insert(k, (o, bytes));
+        }
+    }
+
+    /// Encoded copies of every entry, to write to the file.
+    pub fn encoded(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, (_, b))| (k.clone(), b.clone()))
+            .collect()
+    }
+
+    /// Forgets every entry; call once they are committed to the file.
+    pub fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
