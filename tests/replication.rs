@@ -273,3 +273,34 @@ async fn sigkill_under_write_load_keeps_quorum_and_read_repair_heals() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_refused_not_queued() {
+    let c = TestCluster::start_replicated("ro", 3, 3, "[node]\nmax_coordinating = 1\n").await;
+    let client = c.client().await;
+    let node = c.ids[0].clone();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let (client, node) = (client.clone(), node.clone());
+            tokio::spawn(
+                async move { (i, client.put_with(format!("o{i}"), "v", &via(&node)).await) },
+            )
+        })
+        .collect();
+    let mut overloaded = 0;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        match r {
+            Ok(_) => assert_eq!(
+                client.get(format!("o{i}")).await.unwrap().values,
+                vec![b"v".to_vec()]
+            ),
+            Err(KvError::Overloaded) => overloaded += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "48 concurrent writes through a node allowed to coordinate one at a time"
+    );
+}
