@@ -10,12 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ractor::RpcReplyPort;
 use ractor::rpc::CallResult;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::peer_table::PeerTable;
 use crate::protocol::{
-    KvError, ReadBatch, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteBatch,
+    KvError, ReadBatch, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
+    Wire, WriteBatch, WriteBatchReply,
 };
 
 /// Most requests one batch carries.
@@ -23,12 +25,10 @@ const MAX_BATCH: usize = 256;
 /// Batches in flight per peer and kind.
 const MAX_IN_FLIGHT: usize = 4;
 
-type ReadJob = (
-    ReplicaRead,
-    Instant,
-    oneshot::Sender<Result<ReplicaObject, KvError>>,
-);
-type WriteJob = (ReplicaWrite, Instant, oneshot::Sender<Result<(), KvError>>);
+/// A queued request: what to send, its deadline, and where its answer goes.
+type Job<Q, A> = (Q, Instant, oneshot::Sender<Result<A, KvError>>);
+type ReadJob = Job<ReplicaRead, ReplicaObject>;
+type WriteJob = Job<ReplicaWrite, ()>;
 
 /// Batching queues to one peer.
 #[derive(Debug, Clone)]
@@ -128,25 +128,38 @@ impl PeerLink {
     }
 }
 
-async fn send_reads(peer: &str, table: &PeerTable, batch: Vec<ReadJob>) {
+/// Sends one batch to `peer` and hands each waiting request its own result.
+async fn send_batch<Q, A, R>(
+    peer: &str,
+    table: &PeerTable,
+    batch: Vec<Job<Q, A>>,
+    message: impl FnOnce(Vec<Q>, RpcReplyPort<Wire<R>>) -> ReplicaMessage,
+    results: impl FnOnce(R) -> Vec<Result<A, KvError>>,
+) where
+    R: Send + 'static,
+{
     let Some(replica) = table.replica(peer) else {
         return batch
             .into_iter()
             .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
     };
     let timeout = call_timeout(batch.iter().map(|j| j.1));
-    let (reads, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(r, _, tx)| (r, tx)).unzip();
-    let n = reads.len();
-    let result = replica
-        .call(
-            |port| ReplicaMessage::ReadMany(Wire::new(ReadBatch { reads }), port),
-            Some(timeout),
-        )
-        .await;
-    match result {
-        Ok(CallResult::Success(Wire(Ok(reply)))) if reply.results.len() == n => {
-            for (tx, r) in replies.into_iter().zip(reply.results) {
-                let _ = tx.send(r);
+    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
+    let n = items.len();
+    match replica
+        .call(|port| message(items, port), Some(timeout))
+        .await
+    {
+        Ok(CallResult::Success(Wire(Ok(reply)))) => {
+            let results = results(reply);
+            if results.len() == n {
+                for (tx, r) in replies.into_iter().zip(results) {
+                    let _ = tx.send(r);
+                }
+            } else {
+                replies
+                    .into_iter()
+                    .for_each(|tx| drop(tx.send(Err(unreachable()))));
             }
         }
         Ok(CallResult::Timeout) => replies
@@ -158,32 +171,12 @@ async fn send_reads(peer: &str, table: &PeerTable, batch: Vec<ReadJob>) {
     }
 }
 
+async fn send_reads(peer: &str, table: &PeerTable, batch: Vec<ReadJob>) {
+    let message = |reads, port| ReplicaMessage::ReadMany(Wire::new(ReadBatch { reads }), port);
+    send_batch(peer, table, batch, message, |r: ReadBatchReply| r.results).await;
+}
+
 async fn send_writes(peer: &str, table: &PeerTable, batch: Vec<WriteJob>) {
-    let Some(replica) = table.replica(peer) else {
-        return batch
-            .into_iter()
-            .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
-    };
-    let timeout = call_timeout(batch.iter().map(|j| j.1));
-    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(w, _, tx)| (w, tx)).unzip();
-    let n = writes.len();
-    let result = replica
-        .call(
-            |port| ReplicaMessage::WriteMany(Wire::new(WriteBatch { writes }), port),
-            Some(timeout),
-        )
-        .await;
-    match result {
-        Ok(CallResult::Success(Wire(Ok(reply)))) if reply.results.len() == n => {
-            for (tx, r) in replies.into_iter().zip(reply.results) {
-                let _ = tx.send(r);
-            }
-        }
-        Ok(CallResult::Timeout) => replies
-            .into_iter()
-            .for_each(|tx| drop(tx.send(Err(KvError::Timeout)))),
-        _ => replies
-            .into_iter()
-            .for_each(|tx| drop(tx.send(Err(unreachable())))),
-    }
+    let message = |writes, port| ReplicaMessage::WriteMany(Wire::new(WriteBatch { writes }), port);
+    send_batch(peer, table, batch, message, |r: WriteBatchReply| r.results).await;
 }

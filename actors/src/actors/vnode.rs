@@ -225,30 +225,12 @@ impl Actor for Vnode {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             VnodeMessage::Write(op) => {
-                state.args.table.dequeued(state.args.partition);
-                state.pending_bytes += op.key.len() + op.value.as_ref().map_or(0, Vec::len);
-                state.pending.push(Op::Write(op));
-                if state.pending.len() >= state.args.batch_max_writes
-                    || state.pending_bytes >= state.args.batch_max_bytes
-                {
-                    commit(state)?;
-                } else if !state.drain_scheduled {
-                    state.drain_scheduled = true;
-                    myself.cast(VnodeMessage::Drain)?;
-                }
+                let bytes = op.key.len() + op.value.as_ref().map_or(0, Vec::len);
+                enqueue(state, &myself, Op::Write(op), bytes)?;
             }
             VnodeMessage::Merge(op) => {
-                state.args.table.dequeued(state.args.partition);
-                state.pending_bytes += op.key.len() + 64;
-                state.pending.push(Op::Merge(op));
-                if state.pending.len() >= state.args.batch_max_writes
-                    || state.pending_bytes >= state.args.batch_max_bytes
-                {
-                    commit(state)?;
-                } else if !state.drain_scheduled {
-                    state.drain_scheduled = true;
-                    myself.cast(VnodeMessage::Drain)?;
-                }
+                let bytes = op.key.len() + 64;
+                enqueue(state, &myself, Op::Merge(op), bytes)?;
             }
             VnodeMessage::Drain => {
                 state.drain_scheduled = false;
@@ -287,6 +269,28 @@ impl Actor for Vnode {
             .withdraw(state.args.partition, VnodeHealth::Starting);
         Ok(())
     }
+}
+
+/// Queues a change for the next group commit: at once when the batch is full, otherwise after
+/// every message already in the mailbox (the `Drain` goes to the back of it).
+fn enqueue(
+    state: &mut VnodeState,
+    myself: &ActorRef<VnodeMessage>,
+    op: Op,
+    bytes: usize,
+) -> Result<(), ActorProcessingErr> {
+    state.args.table.dequeued(state.args.partition);
+    state.pending_bytes += bytes;
+    state.pending.push(op);
+    if state.pending.len() >= state.args.batch_max_writes
+        || state.pending_bytes >= state.args.batch_max_bytes
+    {
+        commit(state)?;
+    } else if !state.drain_scheduled {
+        state.drain_scheduled = true;
+        myself.cast(VnodeMessage::Drain)?;
+    }
+    Ok(())
 }
 
 /// Computes one write's new object; the error is the op's reply when it cannot apply.
