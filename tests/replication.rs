@@ -304,3 +304,27 @@ async fn overload_is_refused_not_queued() {
         "48 concurrent writes through a node allowed to coordinate one at a time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_that_do_not_replicate_a_key_forward_and_coordinate_it() {
+    // Five nodes, three replicas per key: two nodes of every partition are not replicas, so a
+    // write sent to them is forwarded and a read is coordinated remotely.
+    let c = TestCluster::start_replicated("rf", 5, 3, "").await;
+    let client = c.client().await;
+    let ring = client.ring(&c.ids[0]).await.unwrap();
+    let all = Some(Consistency::All);
+    let mut forwarded = 0;
+    for (i, node) in c.ids.iter().cycle().take(40).enumerate() {
+        let key = format!("f{i}");
+        let partition = ringkv_actors::core::ring::partition_of(key.as_bytes(), ring.partitions);
+        if !ring.preference_lists[partition as usize].contains(node) {
+            forwarded += 1;
+        }
+        client.put_with(&key, node, &level(None, all, Some(node))).await.unwrap();
+        for reader in &c.ids {
+            let r = client.get_with(&key, &level(all, None, Some(reader))).await.unwrap();
+            assert_eq!(r.values, vec![node.clone().into_bytes()], "{key} read through {reader}");
+        }
+    }
+    assert!(forwarded > 0, "some writes went through non-replicas");
+}
