@@ -320,11 +320,83 @@ async fn nodes_that_do_not_replicate_a_key_forward_and_coordinate_it() {
         if !ring.preference_lists[partition as usize].contains(node) {
             forwarded += 1;
         }
-        client.put_with(&key, node, &level(None, all, Some(node))).await.unwrap();
+        client
+            .put_with(&key, node, &level(None, all, Some(node)))
+            .await
+            .unwrap();
         for reader in &c.ids {
-            let r = client.get_with(&key, &level(all, None, Some(reader))).await.unwrap();
-            assert_eq!(r.values, vec![node.clone().into_bytes()], "{key} read through {reader}");
+            let r = client
+                .get_with(&key, &level(all, None, Some(reader)))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.values,
+                vec![node.clone().into_bytes()],
+                "{key} read through {reader}"
+            );
         }
     }
     assert!(forwarded > 0, "some writes went through non-replicas");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_node_is_marked_down_by_missed_heartbeats_and_rejoins() {
+    let c = TestCluster::start_replicated(
+        "rh",
+        3,
+        3,
+        "[node]\nheartbeat_ms = 100\nmissed_heartbeats = 3\n",
+    )
+    .await;
+    let client = c.client().await;
+    let (n1, n3) = (c.ids[0].clone(), c.ids[2].clone());
+    let sees = |up: bool| {
+        let (client, n1, n3) = (client.clone(), n1.clone(), n3.clone());
+        move || {
+            let (client, n1, n3) = (client.clone(), n1.clone(), n3.clone());
+            async move {
+                client
+                    .members(&n1)
+                    .await
+                    .is_ok_and(|v| v.iter().any(|m| m.id == n3 && m.up == up))
+            }
+        }
+    };
+    // SIGSTOP keeps the TCP session open: only missed heartbeats can reveal it.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(c.pid(2) as libc::pid_t, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    wait_until(
+        "n1 to mark the hung node down",
+        Duration::from_secs(10),
+        sees(false),
+    )
+    .await;
+    let detected = stopped.elapsed();
+    assert!(
+        detected < Duration::from_secs(2),
+        "detected after {detected:?}"
+    );
+    let started = Instant::now();
+    client
+        .put_with("k", "v", &level(None, Some(Consistency::Quorum), Some(&n1)))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the write did not wait for the hung node"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(c.pid(2) as libc::pid_t, libc::SIGCONT) };
+    wait_until(
+        "n1 to see the node up again",
+        Duration::from_secs(15),
+        sees(true),
+    )
+    .await;
+    let r = client
+        .get_with("k", &level(Some(Consistency::All), None, Some(&n1)))
+        .await
+        .unwrap();
+    assert_eq!(r.values, vec![b"v".to_vec()]);
 }
