@@ -196,6 +196,12 @@ async fn main() -> ExitCode {
             ringkv::console::run(&cli.config, command, json).await
         }
         cmd => {
+            // One-shot output piped into `head` and the like should end quietly, as Unix tools
+            // do; nodes keep Rust's default so a vanished launcher cannot kill them.
+            // SAFETY: restoring the default disposition of SIGPIPE before any thread writes.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             init_tracing("warn,ractor_cluster=error");
             run_client(&cli.config, cmd).await
         }
