@@ -1,10 +1,11 @@
-//! Vnode: the single writer of one partition's redb file.
+//! Vnode: the single writer of one partition's data.
 //!
-//! Writes are group-committed: a write is queued, and a `Drain` the vnode sends itself runs
-//! after every write already in the mailbox, so one transaction takes them all. The commit is
-//! in memory (`Durability::None`); the resulting objects go to the node's commit log, which
-//! answers the clients after its fsync in `sync` mode. Reads never come here: routers read the
-//! file through a snapshot handle published in the [`PartitionTable`].
+//! Writes and replica merges are group-committed: a change is queued, and a `Drain` the vnode
+//! sends itself runs after every change already in the mailbox, so one step applies them all.
+//! The new objects go to the vnode's memtable and to the node's commit log, which answers the
+//! coordinators after its fsync in `sync` mode; the memtable is written to the redb file every
+//! few milliseconds in one in-memory transaction, and made durable at checkpoints. Reads never
+//! come here: readers use the memtable and file snapshot published in the [`PartitionTable`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
