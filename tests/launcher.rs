@@ -29,12 +29,7 @@ fn status_json(config: &std::path::Path, data: &std::path::Path) -> serde_json::
             data.to_str().unwrap(),
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -58,12 +53,7 @@ fn detached_cluster_up_status_down() {
             data.to_str().unwrap(),
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let effective = data.join("cluster.toml");
     assert!(
         effective.exists(),
@@ -97,12 +87,7 @@ fn detached_cluster_up_status_down() {
         &config,
         &["cluster", "down", "--data-dir", data.to_str().unwrap()],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     for pid in pids {
         assert!(common::process_gone(pid), "node {pid} stopped");
     }

@@ -142,12 +142,7 @@ async fn limits_reject_before_storing() {
 async fn cli_put_get_delete_and_exit_codes() {
     let c = TestCluster::start("cli", 1, "").await;
     let out = c.cli(&["put", "greeting", "hello"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let out = c.cli(&["get", "greeting"]);
     assert_eq!(
         (out.status.code(), out.stdout.as_slice()),

@@ -309,6 +309,16 @@ pub fn cli_with(config: &Path, args: &[&str]) -> Output {
         .expect("ringkv runs")
 }
 
+/// Asserts that a command exited 0, showing its stderr otherwise.
+pub fn assert_success(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Creates a file (for tests that need an unwritable path).
 pub fn touch(path: &Path) {
     File::create(path).unwrap();
