@@ -71,10 +71,12 @@ pub fn read_state(dir: &Path) -> Result<LauncherState, String> {
     serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", p.display()))
 }
 
-/// True while a process with this pid exists.
+/// True while a process with this pid runs. A zombie counts as exited: detached nodes are
+/// reaped by init, which may not have done so yet.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) == 0 };
+    exists && !is_zombie(pid)
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -359,10 +361,10 @@ fn stop_pids(pids: Vec<u32>, grace: Duration) -> Vec<(u32, bool)> {
     let deadline = Instant::now() + grace;
     let mut out = Vec::new();
     for p in pids {
-        while pid_alive(p) && Instant::now() < deadline && !is_zombie(p) {
+        while pid_alive(p) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let clean = !pid_alive(p) || is_zombie(p);
+        let clean = !pid_alive(p);
         if !clean {
             signal(p, libc::SIGKILL);
         }
@@ -410,7 +412,7 @@ pub async fn status(dir: &Path) -> Result<Vec<NodeReport>, String> {
     }
     let mut out = Vec::new();
     for n in &state.nodes {
-        let status = if !pid_alive(n.pid) || is_zombie(n.pid) {
+        let status = if !pid_alive(n.pid) {
             "down"
         } else {
             match &client {

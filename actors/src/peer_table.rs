@@ -65,11 +65,6 @@ impl PeerTable {
         }
     }
 
-    /// This node's id.
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     /// True when `node` is this node or the detector considers it up.
     pub fn is_up(&self, node: &str) -> bool {
         node == self.me

@@ -257,15 +257,6 @@ pub struct WriteBatchReply {
 /// Messages between nodes for one partition's replicas (pg group `ringkv.replica.<node>`).
 #[derive(RactorClusterMessage)]
 pub enum ReplicaMessage {
-    /// Return the stored object of a key.
-    #[rpc]
-    Read(
-        Wire<ReplicaRead>,
-        RpcReplyPort<Wire<Result<ReplicaObject, KvError>>>,
-    ),
-    /// Merge an object into the local vnode; answered once durable.
-    #[rpc]
-    Write(Wire<ReplicaWrite>, RpcReplyPort<Wire<Result<(), KvError>>>),
     /// Return the stored objects of many keys.
     #[rpc]
     ReadMany(Wire<ReadBatch>, RpcReplyPort<Wire<ReadBatchReply>>),

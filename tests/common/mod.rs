@@ -326,10 +326,5 @@ pub fn touch(path: &Path) {
 
 /// True once `pid` has exited (a zombie awaiting its reaper counts as exited).
 pub fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
+    !ringkv::launcher::pid_alive(pid)
 }

@@ -64,12 +64,6 @@ impl Actor for Replica {
                     ring_hash: state.ring_hash,
                 }));
             }
-            ReplicaMessage::Read(Wire(req), reply) => {
-                let result = req
-                    .map_err(|e| malformed("read", e))
-                    .and_then(|r| read_local(&ctx, &r));
-                let _ = reply.send(Wire::new(result));
-            }
             ReplicaMessage::ReadMany(Wire(req), reply) => {
                 let results = match req {
                     Ok(batch) => batch.reads.iter().map(|r| read_local(&ctx, r)).collect(),
@@ -97,26 +91,6 @@ impl Actor for Replica {
                     let _ = reply.send(Wire::new(WriteBatchReply { results }));
                 });
             }
-            ReplicaMessage::Write(Wire(req), reply) => match req {
-                Err(e) => {
-                    let _ = reply.send(Wire::new(Err(malformed("write", e))));
-                }
-                Ok(w) => {
-                    // Merges wait for the vnode's durable commit: never block this mailbox.
-                    tokio::spawn(async move {
-                        let deadline = std::time::Instant::now() + ctx.default_timeout;
-                        let r = coordinator::merge_local(
-                            &ctx,
-                            w.partition,
-                            &w.key,
-                            &w.object,
-                            deadline,
-                        )
-                        .await;
-                        let _ = reply.send(Wire::new(r));
-                    });
-                }
-            },
             ReplicaMessage::Coordinate(Wire(req), reply) => match req {
                 Err(e) => {
                     let _ = reply.send(Wire::new(Err(malformed("coordinate", e))));

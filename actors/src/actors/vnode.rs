@@ -401,10 +401,6 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             Some((k, o, bytes))
         })
         .collect();
-    let objects: HashMap<Vec<u8>, Vec<u8>> = written
-        .iter()
-        .map(|(k, _, b)| (k.clone(), b.clone()))
-        .collect();
     let entries: Vec<LogEntry> = written
         .iter()
         .map(|(key, _, object)| LogEntry {
@@ -414,13 +410,21 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         })
         .collect();
     state.memtable.insert_all(written);
+    // A write's reply carries its key's new object, for the coordinator to replicate.
+    let index: HashMap<&[u8], usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.key.as_slice(), i))
+        .collect();
     let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::with_capacity(ops.len());
     for (op, outcome) in ops.into_iter().zip(outcomes) {
         match (op, outcome) {
             // Refused changes touched nothing that needs the log: answer them now.
             (op, Err(e)) => op.fail(e),
             (Op::Write(w), Ok(ctx)) => {
-                let object = objects.get(&w.key).cloned().unwrap_or_default();
+                let object = index
+                    .get(w.key.as_slice())
+                    .map_or_else(Vec::new, |&i| entries[i].object.clone());
                 let context = ctx.unwrap_or_default();
                 acks.push(Box::new(move || {
                     let _ = w.reply.send(Ok(WriteOutcome { context, object }));

@@ -1,11 +1,9 @@
 //! One vnode's redb file: a single table from key bytes to encoded [`Object`]s.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::core::codec::decode_object;
 use crate::core::version::Object;
@@ -32,7 +30,6 @@ fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
 #[derive(Debug)]
 pub struct VnodeStore {
     db: Arc<Database>,
-    path: PathBuf,
 }
 
 /// Keys with their encoded objects, as written to the file and the commit log.
@@ -51,15 +48,7 @@ impl VnodeStore {
         let txn = db.begin_write().map_err(|e| err("begin", e))?;
         txn.open_table(DATA).map_err(|e| err("table", e))?;
         txn.commit().map_err(|e| err("commit", e))?;
-        Ok(VnodeStore {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The file this store owns.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(VnodeStore { db: Arc::new(db) })
     }
 
     /// A shared handle for snapshot reads outside the vnode's mailbox.
@@ -153,17 +142,5 @@ impl VnodeStore {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.commit().map_err(|e| err("commit", e))
-    }
-
-    /// Number of keys stored (tombstones included).
-    pub fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
-        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
-        table.len().map_err(|e| err("len", e))
-    }
-
-    /// True when no key is stored.
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
     }
 }
