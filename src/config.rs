@@ -206,6 +206,8 @@ pub struct NodeSection {
     pub max_in_flight_per_peer: usize,
     /// Most requests one node coordinates at once; beyond it requests get `Overloaded`.
     pub max_coordinating: u64,
+    /// Runtime worker threads of a node process; 0 means one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for NodeSection {
@@ -218,6 +220,7 @@ impl Default for NodeSection {
             missed_heartbeats: 3,
             max_in_flight_per_peer: 2048,
             max_coordinating: 16384,
+            worker_threads: 0,
         }
     }
 }

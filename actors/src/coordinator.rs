@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
@@ -348,43 +348,44 @@ pub async fn put(
         }
         return forward_put(&ctx, &up[0], req, deadline).await;
     }
-    // The local replica mints the version, durably, before it is replicated.
-    let (tx, rx) = oneshot::channel();
+    // The local replica mints the version; replication starts while its commit is made durable,
+    // and the local replica counts toward W only once it is.
+    let (minted_tx, minted_rx) = oneshot::channel();
+    let (durable_tx, durable_rx) = oneshot::channel();
     let op = WriteOp {
         key: req.key.to_vec(),
         value: req.value.map(ByteBuf::into_vec),
         context,
-        reply: tx,
+        minted: minted_tx,
+        durable: durable_tx,
     };
     ctx.table
         .send(partition, VnodeMessage::Write(op))
         .map_err(|_| KvError::Unavailable { needed, got: 0 })?;
-    let WriteOutcome { context, object } = match tokio::time::timeout(remaining(deadline), rx).await
-    {
-        Ok(Ok(r)) => r?,
-        Ok(Err(_)) => return Err(KvError::Unavailable { needed, got: 0 }),
-        Err(_) => return Err(KvError::Timeout),
-    };
+    let WriteOutcome { context, object } =
+        match tokio::time::timeout(remaining(deadline), minted_rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(KvError::Unavailable { needed, got: 0 }),
+            Err(_) => return Err(KvError::Timeout),
+        };
     let reply = PutReply {
         context: ByteBuf::from(encode_context(&context)),
     };
     let others: Vec<&String> = up.iter().filter(|n| **n != ctx.node_id).collect();
     let mut tally = Tally::new(needed, others.len() + 1);
-    if tally.success() == Verdict::Met && others.is_empty() {
-        return Ok(reply);
-    }
     let key = req.key.into_vec();
+    let local = async move {
+        match durable_rx.await {
+            Ok(r) => r,
+            Err(_) => Err(KvError::Storage("the local commit was lost".into())),
+        }
+    };
     let mut pending: FuturesUnordered<_> = others
         .iter()
-        .map(|n| write_replica(&ctx, n, partition, &key, &object, deadline))
+        .map(|n| write_replica(&ctx, n, partition, &key, &object, deadline).boxed())
         .collect();
+    pending.push(local.boxed());
     let mut errors = Vec::new();
-    if tally.verdict() == Verdict::Met {
-        // W = 1: answer now; the replica writes were sent when first polled, so drive them
-        // once and let them finish on the replicas.
-        let _ = futures::poll!(pending.next());
-        return Ok(reply);
-    }
     // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
     while let Ok(Some(r)) = tokio::time::timeout(remaining(deadline), pending.next()).await {
         let verdict = match r {

@@ -78,6 +78,7 @@ struct PeerLink {
 pub struct ClusterState {
     args: ClusterArgs,
     links: HashMap<String, PeerLink>,
+    last_tick: Instant,
 }
 
 struct Events(ActorRef<ClusterMessage>);
@@ -102,9 +103,29 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl ClusterState {
-    fn mark_down(&mut self, node: &str, why: &str) {
+    /// Whether a session to `node` is still open.
+    async fn has_session(&self, node: &str) -> bool {
+        match self
+            .args
+            .server
+            .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
+            .await
+        {
+            Ok(CallResult::Success(sessions)) => sessions
+                .values()
+                .any(|s| peer_id(s).as_deref() == Some(node)),
+            _ => false,
+        }
+    }
+
+    /// Marks `node` down; `stop_session` also closes its session, failing every call waiting on
+    /// it. A closed session is not stopped again: by then the peer may have dialled a new one.
+    fn mark_down(&mut self, node: &str, why: &str, stop_session: bool) {
         if self.args.table.set_up(node, false) {
             tracing::warn!(peer = node, reason = why, "peer marked down");
+            if !stop_session {
+                return;
+            }
             let server = self.args.server.clone();
             let node = node.to_string();
             // Stopping the session fails every call waiting on that peer at once.
@@ -123,7 +144,13 @@ impl ClusterState {
         }
     }
 
+    /// Dials `node` unless it is the one to dial us: only the lower id of a pair dials, because
+    /// simultaneous dials make duplicate sessions whose election closes one, which would read as
+    /// the peer leaving and start the next pair of dials.
     fn dial(&mut self, myself: &ActorRef<ClusterMessage>, node: &str) {
+        if self.args.node_id.as_str() > node {
+            return;
+        }
         let Some(link) = self.links.get_mut(node) else {
             return;
         };
@@ -219,7 +246,11 @@ impl Actor for Cluster {
             })
             .collect();
         myself.send_interval(args.heartbeat, || ClusterMessage::Tick);
-        let mut state = ClusterState { args, links };
+        let mut state = ClusterState {
+            args,
+            links,
+            last_tick: Instant::now(),
+        };
         for id in state.args.table.others() {
             state.dial(&myself, &id);
         }
@@ -234,6 +265,15 @@ impl Actor for Cluster {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ClusterMessage::Tick => {
+                // A tick far behind schedule means this process stalled (SIGSTOP, starvation):
+                // the probes that timed out meanwhile say nothing about the peers.
+                let now = Instant::now();
+                if now.duration_since(state.last_tick) > state.args.heartbeat * 2 {
+                    for link in state.links.values_mut() {
+                        link.misses = 0;
+                    }
+                }
+                state.last_tick = now;
                 for id in state.args.table.others() {
                     state.probe(&myself, &id);
                 }
@@ -257,14 +297,16 @@ impl Actor for Cluster {
                     None => {
                         link.misses += 1;
                         if link.misses >= state.args.missed_beats {
-                            state.mark_down(&node, "missed heartbeats");
+                            state.mark_down(&node, "missed heartbeats", true);
                         }
                     }
                 }
             }
             ClusterMessage::SessionClosed(node) => {
-                if state.links.contains_key(&node) {
-                    state.mark_down(&node, "session closed");
+                // A duplicate session losing ractor_cluster's election closes while another one
+                // to the same peer lives on: that peer has not gone anywhere.
+                if state.links.contains_key(&node) && !state.has_session(&node).await {
+                    state.mark_down(&node, "session closed", false);
                     state.dial(&myself, &node);
                 }
             }

@@ -25,7 +25,8 @@ use crate::storage::memtable::Memtable;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 use tokio::sync::oneshot;
 
-/// What a coordinated write produced, once durable.
+/// What a coordinated write produced, handed out as soon as the version is minted (before it is
+/// durable), so replication runs in parallel with the local fsync.
 #[derive(Debug)]
 pub struct WriteOutcome {
     /// Context covering what the write superseded and the write itself.
@@ -43,8 +44,10 @@ pub struct WriteOp {
     pub value: Option<Vec<u8>>,
     /// What the client had seen; `None` for a blind write.
     pub context: Option<CausalContext>,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
+    /// Gets the minted version, or why the write was refused, before the commit is durable.
+    pub minted: oneshot::Sender<Result<WriteOutcome, KvError>>,
+    /// Answered once the write is durable (or failed to become so).
+    pub durable: oneshot::Sender<Result<(), KvError>>,
 }
 
 /// A replica's object to merge (replication, read repair), waiting for the next commit.
@@ -76,7 +79,8 @@ impl Op {
     fn fail(self, e: KvError) {
         match self {
             Op::Write(w) => {
-                let _ = w.reply.send(Err(e));
+                let _ = w.minted.send(Err(e.clone()));
+                let _ = w.durable.send(Err(e));
             }
             Op::Merge(m) => {
                 let _ = m.reply.send(Err(e));
@@ -410,7 +414,8 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         })
         .collect();
     state.memtable.insert_all(written);
-    // A write's reply carries its key's new object, for the coordinator to replicate.
+    // A write's minted reply carries its key's new object, for the coordinator to replicate; the
+    // dot sequence never reissues its counter even if this commit is lost in a crash.
     let index: HashMap<&[u8], usize> = entries
         .iter()
         .enumerate()
@@ -426,8 +431,9 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
                     .get(w.key.as_slice())
                     .map_or_else(Vec::new, |&i| entries[i].object.clone());
                 let context = ctx.unwrap_or_default();
+                let _ = w.minted.send(Ok(WriteOutcome { context, object }));
                 acks.push(Box::new(move || {
-                    let _ = w.reply.send(Ok(WriteOutcome { context, object }));
+                    let _ = w.durable.send(Ok(()));
                 }));
             }
             (Op::Merge(m), Ok(_)) => acks.push(Box::new(move || {
