@@ -586,12 +586,20 @@ impl Client {
         }
     }
 
+    /// The admin actor of `node`, when connected; otherwise re-dials it in the background.
     fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
-        ractor::pg::get_members(&admin_group(node))
+        match ractor::pg::get_members(&admin_group(node))
             .into_iter()
             .next()
-            .map(Into::into)
-            .ok_or_else(|| KvError::NotConnected(format!("node {node} is not reachable")))
+        {
+            Some(a) => Ok(a.into()),
+            None => {
+                self.redial(node);
+                Err(KvError::NotConnected(format!(
+                    "node {node} is not reachable"
+                )))
+            }
+        }
     }
 
     async fn admin_call<T, F>(&self, node: &str, msg: F) -> Result<T, KvError>

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringkv_actors::core::limits::Limits;
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::version::ConflictPolicy;
-use ringkv_actors::settings::{Member, NodeSettings, RestartBudget};
+use ringkv_actors::settings::{Member, NodeSettings, RepairSettings, RestartBudget};
 use ringkv_actors::storage::commit_log::LogDurability;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,41 @@ pub struct ClusterConfig {
     /// Client defaults (SDK, CLI, bench).
     #[serde(default)]
     pub client: ClientSection,
+    /// Hinted handoff, anti-entropy and tombstone reaping.
+    #[serde(default)]
+    pub repair: RepairSection,
+}
+
+/// `[repair]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairSection {
+    /// How often waiting hints are offered back to owners that are up again, ms.
+    pub handoff_interval_ms: u64,
+    /// Most hints a node hands back per second.
+    pub handoff_keys_per_sec: u32,
+    /// Keys per handoff or anti-entropy chunk.
+    pub chunk_keys: usize,
+    /// How often each partition is exchanged with its replicas, ms; 0 turns anti-entropy off.
+    pub aae_interval_ms: u64,
+    /// Most keys anti-entropy repairs per second, per node.
+    pub aae_keys_per_sec: u32,
+    /// Age a tombstone held by every replica must reach before it is removed, seconds.
+    pub tombstone_grace_secs: u64,
+}
+
+impl Default for RepairSection {
+    fn default() -> Self {
+        let r = RepairSettings::default();
+        RepairSection {
+            handoff_interval_ms: r.handoff_interval.as_millis() as u64,
+            handoff_keys_per_sec: r.handoff_keys_per_sec,
+            chunk_keys: r.chunk_keys,
+            aae_interval_ms: r.aae_interval.as_millis() as u64,
+            aae_keys_per_sec: r.aae_keys_per_sec,
+            tombstone_grace_secs: r.tombstone_grace.as_secs(),
+        }
+    }
 }
 
 /// `[cluster]`.
@@ -237,6 +272,8 @@ pub struct ConsistencySection {
     pub request_timeout_ms: u64,
     /// Share of reads (0..=1) that ask every replica rather than R, so all get read-repaired.
     pub read_repair_chance: f64,
+    /// Writes for a down replica go to fallback nodes as hints that count toward W.
+    pub sloppy_quorum: bool,
 }
 
 impl Default for ConsistencySection {
@@ -246,6 +283,7 @@ impl Default for ConsistencySection {
             w: "quorum".into(),
             request_timeout_ms: 5000,
             read_repair_chance: 0.1,
+            sloppy_quorum: true,
         }
     }
 }
@@ -468,6 +506,15 @@ impl ClusterConfig {
             max_in_flight_per_peer: self.node.max_in_flight_per_peer.max(1),
             max_coordinating: self.node.max_coordinating.max(1),
             read_repair_chance: self.consistency.read_repair_chance.clamp(0.0, 1.0),
+            repair: RepairSettings {
+                sloppy_quorum: self.consistency.sloppy_quorum,
+                handoff_interval: Duration::from_millis(self.repair.handoff_interval_ms.max(10)),
+                handoff_keys_per_sec: self.repair.handoff_keys_per_sec.max(1),
+                chunk_keys: self.repair.chunk_keys.clamp(1, 4096),
+                aae_interval: Duration::from_millis(self.repair.aae_interval_ms),
+                aae_keys_per_sec: self.repair.aae_keys_per_sec.max(1),
+                tombstone_grace: Duration::from_secs(self.repair.tombstone_grace_secs),
+            },
         })
     }
 

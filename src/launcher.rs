@@ -6,6 +6,7 @@
 //! `[id]`, copies it to `DIR/<id>/node.log`, and stops the nodes on Ctrl-C or SIGTERM.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,12 +21,14 @@ use crate::config::{ClusterConfig, MemberConfig};
 pub struct UpOptions {
     /// Configuration to start from.
     pub config: PathBuf,
-    /// Generate this many members on 127.0.0.1 instead of the file's list.
+    /// Generate this many members on loopback instead of the file's list.
     pub nodes: Option<usize>,
     /// Data folder (defaults to the configuration's `data_dir`).
     pub data_dir: Option<PathBuf>,
     /// First port of generated or renumbered members.
     pub base_port: Option<u16>,
+    /// Give member i (1-based) its own loopback address 127.0.0.i to listen and dial from.
+    pub distinct_addrs: bool,
     /// Return once every node is ready, leaving them running.
     pub detach: bool,
 }
@@ -86,30 +89,48 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// Builds the effective configuration for `up`.
+/// The loopback address of member `i` (0-based) under `--distinct-addrs`: 127.0.0.(i+1).
+fn distinct_ip(i: usize) -> Result<IpAddr, String> {
+    let last = u8::try_from(i + 1)
+        .ok()
+        .filter(|&n| n < 255)
+        .ok_or("--distinct-addrs gives node i the address 127.0.0.i: at most 254 nodes")?;
+    Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+}
+
+/// Builds the effective configuration for `up`. Under `--distinct-addrs` the ports stay
+/// consecutive as without it: the same ports are taken, and each node is still known by its
+/// port alone.
 fn effective_config(opts: &UpOptions) -> Result<ClusterConfig, String> {
     let mut cfg = ClusterConfig::load(&opts.config).map_err(|e| e.0)?;
+    let mut base_port = opts.base_port;
     if let Some(k) = opts.nodes {
         if k == 0 {
             return Err("--nodes must be at least 1".into());
         }
-        let base = opts.base_port.unwrap_or(7401);
         cfg.members = (0..k)
             .map(|i| MemberConfig {
                 id: format!("n{}", i + 1),
-                addr: format!("127.0.0.1:{}", base as usize + i),
+                addr: "127.0.0.1:7401".into(),
             })
             .collect();
         cfg.cluster.replicas = cfg.cluster.replicas.min(k);
-    } else if let Some(base) = opts.base_port {
-        for (i, m) in cfg.members.iter_mut().enumerate() {
-            let ip = m
-                .addr
-                .rsplit_once(':')
-                .map_or("127.0.0.1", |(ip, _)| ip)
-                .to_string();
-            m.addr = format!("{ip}:{}", base as usize + i);
+        base_port = Some(base_port.unwrap_or(7401));
+    }
+    for (i, m) in cfg.members.iter_mut().enumerate() {
+        let mut addr: SocketAddr = m
+            .addr
+            .parse()
+            .map_err(|_| format!("member address '{}' is not ip:port", m.addr))?;
+        if let Some(base) = base_port {
+            let port = u16::try_from(usize::from(base) + i)
+                .map_err(|_| format!("--base-port {base} leaves no port for member {}", m.id))?;
+            addr.set_port(port);
         }
+        if opts.distinct_addrs {
+            addr.set_ip(distinct_ip(i)?);
+        }
+        m.addr = addr.to_string();
     }
     let dir = opts
         .data_dir
@@ -450,4 +471,78 @@ pub fn down(dir: &Path) -> Result<(), String> {
     std::fs::remove_file(state_path(dir))
         .map_err(|e| format!("cannot remove launcher state: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, nodes: Option<usize>, distinct_addrs: bool) -> UpOptions {
+        let config = dir.join("cluster.toml");
+        std::fs::write(
+            &config,
+            "[cluster]\ncookie = \"c\"\nreplicas = 2\n\n\
+             [[members]]\nid = \"a\"\naddr = \"127.0.0.1:7501\"\n\n\
+             [[members]]\nid = \"b\"\naddr = \"127.0.0.1:7502\"\n",
+        )
+        .unwrap();
+        UpOptions {
+            config,
+            nodes,
+            data_dir: Some(dir.join("data")),
+            base_port: None,
+            detach: true,
+            distinct_addrs,
+        }
+    }
+
+    fn addrs(cfg: &ClusterConfig) -> Vec<(&str, &str)> {
+        cfg.members
+            .iter()
+            .map(|m| (m.id.as_str(), m.addr.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn distinct_addrs_give_member_i_the_address_127_0_0_i() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = effective_config(&options(d.path(), Some(3), true)).unwrap();
+        assert_eq!(
+            addrs(&cfg),
+            [
+                ("n1", "127.0.0.1:7401"),
+                ("n2", "127.0.0.2:7402"),
+                ("n3", "127.0.0.3:7403")
+            ]
+        );
+        let cfg = effective_config(&options(d.path(), None, true)).unwrap();
+        assert_eq!(
+            addrs(&cfg),
+            [("a", "127.0.0.1:7501"), ("b", "127.0.0.2:7502")]
+        );
+        let cfg = effective_config(&options(d.path(), None, false)).unwrap();
+        assert_eq!(
+            addrs(&cfg),
+            [("a", "127.0.0.1:7501"), ("b", "127.0.0.1:7502")]
+        );
+        let err = effective_config(&options(d.path(), Some(255), true)).unwrap_err();
+        assert!(err.contains("at most 254"), "{err}");
+    }
+
+    #[test]
+    fn a_file_may_list_members_on_distinct_loopback_addresses_sharing_a_port() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = options(d.path(), None, false);
+        let text = std::fs::read_to_string(&opts.config).unwrap();
+        let shared_port = text.replace("127.0.0.1:7502", "127.0.0.2:7501");
+        std::fs::write(&opts.config, &shared_port).unwrap();
+        let cfg = effective_config(&opts).unwrap();
+        assert_eq!(
+            addrs(&cfg),
+            [("a", "127.0.0.1:7501"), ("b", "127.0.0.2:7501")]
+        );
+        std::fs::write(&opts.config, shared_port.replace("127.0.0.2", "127.0.0.1")).unwrap();
+        let err = effective_config(&opts).unwrap_err();
+        assert!(err.contains("used by two members"), "{err}");
+    }
 }

@@ -138,7 +138,8 @@ struct OneShot {
 enum ClusterCmd {
     /// Start every member as its own process; returns when all are ready with --detach.
     Up {
-        /// Generate K members on 127.0.0.1 consecutive ports instead of the file's list.
+        /// Generate K members n1..nK on consecutive ports from --base-port (default 7401)
+        /// instead of the file's list.
         #[arg(long)]
         nodes: Option<usize>,
         /// Data folder (default: the configuration's data_dir).
@@ -150,6 +151,11 @@ enum ClusterCmd {
         /// Return once every node is ready, leaving them running.
         #[arg(long)]
         detach: bool,
+        /// Give member i (1-based) its own loopback address 127.0.0.i, used both to listen and
+        /// to dial its peers, so firewall rules between addresses can partition nodes (ports
+        /// are kept).
+        #[arg(long)]
+        distinct_addrs: bool,
     },
     /// Show each launched node: id, address, pid, status.
     Status {
@@ -273,6 +279,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
             data_dir,
             base_port,
             detach,
+            distinct_addrs,
         } => {
             let opts = UpOptions {
                 config: config.to_path_buf(),
@@ -280,6 +287,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 data_dir,
                 base_port,
                 detach,
+                distinct_addrs,
             };
             match launcher::up(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

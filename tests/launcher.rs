@@ -146,3 +146,43 @@ fn foreground_cluster_prefixes_output_and_stops_on_ctrl_c() {
     assert!(exit.success(), "launcher exits cleanly: {exit}");
     assert!(common::process_gone(pid), "node stopped with the launcher");
 }
+
+#[test]
+fn detached_cluster_on_distinct_loopback_addresses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_base_config(tmp.path());
+    let data = tmp.path().join("distinct");
+    let port = free_port();
+    let out = cli_with(
+        &config,
+        &[
+            "cluster",
+            "up",
+            "--detach",
+            "--nodes",
+            "3",
+            "--distinct-addrs",
+            "--base-port",
+            &port.to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    common::assert_success(&out);
+    let status = status_json(&config, &data);
+    let nodes = status["nodes"].as_array().unwrap();
+    let addrs: Vec<&str> = nodes.iter().map(|n| n["addr"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.{}:{}", i + 1, port + i))
+        .collect();
+    assert_eq!(addrs, want);
+    assert!(nodes.iter().all(|n| n["status"] == "up"), "{status}");
+    let effective = data.join("cluster.toml");
+    common::assert_success(&cli_with(&effective, &["put", "k", "v"]));
+    assert_eq!(cli_with(&effective, &["get", "k"]).stdout, b"v\n");
+    let out = cli_with(
+        &config,
+        &["cluster", "down", "--data-dir", data.to_str().unwrap()],
+    );
+    common::assert_success(&out);
+}

@@ -16,8 +16,8 @@ use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::actors::vnode::{MergeOp, VnodeMessage, WriteOp, WriteOutcome};
-use crate::core::codec::{decode_object, encode_object};
+use crate::actors::vnode::{VnodeMessage, WriteOp, WriteOutcome};
+use crate::core::codec::encode_object;
 use crate::core::limits::Limits;
 use crate::core::quorum::{Consistency, Tally, Verdict};
 use crate::core::ring::Ring;
@@ -26,10 +26,12 @@ use crate::partition_table::PartitionTable;
 use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
 use crate::protocol::{
-    GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, ReplicaObject,
-    ReplicaRead, ReplicaWrite, Wire, decode_context, encode_context,
+    GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, Wire, decode_context,
+    encode_context,
 };
+use crate::replica_io::{read_replica, remaining, write_replica};
 use crate::request_stats::RequestStats;
+use crate::storage::hint_store::HintStore;
 
 /// Everything a coordinator needs from its node.
 #[derive(Debug)]
@@ -60,6 +62,12 @@ pub struct NodeContext {
     pub read_repair_chance: f64,
     /// Batching queues to every peer.
     pub links: std::collections::HashMap<String, PeerLink>,
+    /// Writes for down replicas go to fallbacks as hints.
+    pub sloppy_quorum: bool,
+    /// Hints this node keeps as a fallback.
+    pub hints: Arc<HintStore>,
+    /// Hints handed back to their owners since start.
+    pub hints_delivered: std::sync::atomic::AtomicU64,
 }
 
 impl NodeContext {
@@ -80,95 +88,6 @@ impl NodeContext {
     fn overloaded(&self) -> bool {
         self.stats.in_flight() > self.max_coordinating
     }
-}
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-/// One replica's answer to a read: its object, or why it gave none.
-type ReadAnswer = (String, Result<Option<Object>, KvError>);
-
-async fn read_replica(
-    ctx: &NodeContext,
-    node: String,
-    partition: u32,
-    key: &[u8],
-    deadline: Instant,
-) -> ReadAnswer {
-    if node == ctx.node_id {
-        return (node, ctx.table.read(partition, key));
-    }
-    let Some(_slot) = ctx.peers.acquire(&node) else {
-        return (node, Err(KvError::Overloaded));
-    };
-    let Some(link) = ctx.links.get(&node) else {
-        return (node, Err(KvError::Unavailable { needed: 1, got: 0 }));
-    };
-    let req = ReplicaRead {
-        partition,
-        key: ByteBuf::from(key.to_vec()),
-    };
-    let r = link
-        .read(req, deadline)
-        .await
-        .and_then(|ReplicaObject { object }| match object {
-            None => Ok(None),
-            Some(bytes) => decode_object(&bytes)
-                .map(Some)
-                .map_err(|e| KvError::Storage(e.to_string())),
-        });
-    (node, r)
-}
-
-/// Merges `object` into this node's vnode of `partition`; `Ok` once durable.
-pub async fn merge_local(
-    ctx: &NodeContext,
-    partition: u32,
-    key: &[u8],
-    object: &[u8],
-    deadline: Instant,
-) -> Result<(), KvError> {
-    let decoded = decode_object(object).map_err(|e| KvError::BadRequest(e.to_string()))?;
-    let (tx, rx) = oneshot::channel();
-    let merge = VnodeMessage::Merge(MergeOp {
-        key: key.to_vec(),
-        object: decoded,
-        reply: tx,
-    });
-    ctx.table
-        .send(partition, merge)
-        .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
-    match tokio::time::timeout(remaining(deadline), rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(KvError::Unavailable { needed: 1, got: 0 }),
-        Err(_) => Err(KvError::Timeout),
-    }
-}
-
-/// Merges `object` into `node`'s replica; `Ok` once it is durable there.
-async fn write_replica(
-    ctx: &NodeContext,
-    node: &str,
-    partition: u32,
-    key: &[u8],
-    object: &[u8],
-    deadline: Instant,
-) -> Result<(), KvError> {
-    if node == ctx.node_id {
-        return merge_local(ctx, partition, key, object, deadline).await;
-    }
-    let _slot = ctx.peers.acquire(node).ok_or(KvError::Overloaded)?;
-    let link = ctx
-        .links
-        .get(node)
-        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-    let req = ReplicaWrite {
-        partition,
-        key: ByteBuf::from(key.to_vec()),
-        object: ByteBuf::from(object.to_vec()),
-    };
-    link.write(req, deadline).await
 }
 
 /// The error to report when a quorum could not be met: the failures say why.
@@ -283,7 +202,9 @@ pub async fn get(
         let bytes = encode_object(&merged);
         let deadline = Instant::now() + ctx.default_timeout;
         for node in stale {
-            if let Err(e) = write_replica(&ctx, &node, partition, &key, &bytes, deadline).await {
+            if let Err(e) =
+                write_replica(&ctx, &node, partition, &key, &bytes, None, deadline).await
+            {
                 tracing::debug!(%node, error = %e, "read repair failed");
             }
         }
@@ -328,15 +249,11 @@ pub async fn put(
     let needed = ctx.required(req.w.unwrap_or(ctx.default_w))?;
     let partition = ctx.ring.partition_of(&req.key);
     let prefs = ctx.ring.preference_list(partition).to_vec();
-    let up: Vec<String> = prefs
-        .iter()
-        .filter(|n| ctx.peers.is_up(n))
-        .cloned()
-        .collect();
-    if up.len() < needed {
+    let targets = write_targets(&ctx, partition);
+    if targets.len() < needed {
         return Err(KvError::Unavailable {
             needed,
-            got: up.len(),
+            got: targets.len(),
         });
     }
     let deadline = ctx.deadline(req.timeout_ms);
@@ -346,7 +263,11 @@ pub async fn put(
                 "this node does not replicate the key".into(),
             ));
         }
-        return forward_put(&ctx, &up[0], req, deadline).await;
+        // Versions are minted where the object lives: by a replica that is up.
+        let Some((first, _)) = targets.iter().find(|(_, hint)| hint.is_none()) else {
+            return Err(KvError::Unavailable { needed, got: 0 });
+        };
+        return forward_put(&ctx, first, req, deadline).await;
     }
     // The local replica mints the version; replication starts while its commit is made durable,
     // and the local replica counts toward W only once it is.
@@ -371,7 +292,8 @@ pub async fn put(
     let reply = PutReply {
         context: ByteBuf::from(encode_context(&context)),
     };
-    let others: Vec<&String> = up.iter().filter(|n| **n != ctx.node_id).collect();
+    let others: Vec<&(String, Option<String>)> =
+        targets.iter().filter(|(n, _)| *n != ctx.node_id).collect();
     let mut tally = Tally::new(needed, others.len() + 1);
     let key = req.key.into_vec();
     let local = async move {
@@ -382,7 +304,9 @@ pub async fn put(
     };
     let mut pending: FuturesUnordered<_> = others
         .iter()
-        .map(|n| write_replica(&ctx, n, partition, &key, &object, deadline).boxed())
+        .map(|(n, hint)| {
+            write_replica(&ctx, n, partition, &key, &object, hint.as_deref(), deadline).boxed()
+        })
         .collect();
     pending.push(local.boxed());
     let mut errors = Vec::new();
@@ -402,6 +326,32 @@ pub async fn put(
         }
     }
     Err(KvError::Timeout)
+}
+
+/// Where a write of `partition` goes: every replica that is up, and with a sloppy quorum, for
+/// each one that is down, the next healthy node outside the preference list to keep a hint
+/// for it (at most one fallback per down replica, never a node already written to).
+fn write_targets(ctx: &NodeContext, partition: u32) -> Vec<(String, Option<String>)> {
+    let prefs = ctx.ring.preference_list(partition);
+    let mut targets: Vec<(String, Option<String>)> = prefs
+        .iter()
+        .filter(|n| ctx.peers.is_up(n))
+        .map(|n| (n.clone(), None))
+        .collect();
+    if ctx.sloppy_quorum {
+        let mut fallbacks = ctx
+            .ring
+            .fallbacks(partition)
+            .iter()
+            .filter(|n| ctx.peers.is_up(n));
+        for down in prefs.iter().filter(|n| !ctx.peers.is_up(n)) {
+            match fallbacks.next() {
+                Some(f) => targets.push((f.clone(), Some(down.clone()))),
+                None => break,
+            }
+        }
+    }
+    targets
 }
 
 async fn forward_put(

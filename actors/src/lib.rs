@@ -11,6 +11,7 @@ pub mod partition_table;
 pub mod peer_link;
 pub mod peer_table;
 pub mod protocol;
+pub mod replica_io;
 pub mod request_stats;
 pub mod settings;
 pub mod storage;

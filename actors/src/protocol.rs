@@ -213,6 +213,9 @@ pub struct ReplicaWrite {
     pub key: ByteBuf,
     /// The encoded object to merge.
     pub object: ByteBuf,
+    /// Set when the receiver is a fallback: keep the object as a hint for this down replica.
+    #[serde(default)]
+    pub hint_for: Option<String>,
 }
 
 /// A failure detector probe, carrying the sender's ring view (gossip).
@@ -302,6 +305,12 @@ pub struct NodeStatus {
     pub ring_hash: u64,
     /// True when every member is up and reports the same ring.
     pub ring_agreed: bool,
+    /// Hints this node keeps for down replicas, waiting to be handed back.
+    #[serde(default)]
+    pub hints_waiting: u64,
+    /// Hints handed back to their owners since this node started.
+    #[serde(default)]
+    pub hints_delivered: u64,
 }
 
 /// One member as a node's failure detector sees it.

@@ -76,6 +76,41 @@ pub struct NodeSettings {
     pub max_coordinating: u64,
     /// Share of reads that ask every replica, not only R, so all get read-repaired.
     pub read_repair_chance: f64,
+    /// Sloppy quorum, hinted handoff, anti-entropy and tombstone reaping.
+    pub repair: RepairSettings,
+}
+
+/// How a node keeps replicas converged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RepairSettings {
+    /// Writes for a down replica go to fallback nodes as hints, which count toward W.
+    pub sloppy_quorum: bool,
+    /// How often waiting hints are offered to owners that are up again.
+    pub handoff_interval: Duration,
+    /// Most hints handed back per second, per node.
+    pub handoff_keys_per_sec: u32,
+    /// Keys per handoff or repair chunk.
+    pub chunk_keys: usize,
+    /// Each local partition is exchanged with its replicas about this often; zero disables.
+    pub aae_interval: Duration,
+    /// Most keys anti-entropy repairs per second, per node.
+    pub aae_keys_per_sec: u32,
+    /// Age a tombstone must reach, once every replica holds it, before it is removed.
+    pub tombstone_grace: Duration,
+}
+
+impl Default for RepairSettings {
+    fn default() -> Self {
+        RepairSettings {
+            sloppy_quorum: true,
+            handoff_interval: Duration::from_secs(1),
+            handoff_keys_per_sec: 20_000,
+            chunk_keys: 256,
+            aae_interval: Duration::from_secs(60),
+            aae_keys_per_sec: 20_000,
+            tombstone_grace: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl NodeSettings {

@@ -2,11 +2,20 @@
 //!
 //! ractor's process-group registry is global to a process, so every test cluster uses node ids
 //! unique to it (`<prefix>1`, `<prefix>2`, …) to keep clusters in one test binary apart.
+//!
+//! A cluster started with [`TestCluster::start_distinct`] gives each node its own loopback
+//! address in a [`LoopbackBlock`] reserved for it machine-wide, so firewall rules between those
+//! addresses ([`netfault`]) affect that cluster alone.
 
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod netfault;
+pub mod workload;
+
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +34,62 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free port on `ip` (bound, then released).
+pub fn free_port_on(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Addresses 127.a.b.1..=254 reserved for one user across every process on this machine, for
+/// as long as this value lives (an exclusive `flock` on a lock file per block).
+pub struct LoopbackBlock {
+    a: u8,
+    b: u8,
+    _lock: File,
+}
+
+impl LoopbackBlock {
+    /// Reserves a random block that no live process holds; never 127.0.0.x, which every other
+    /// test and tool on the machine uses.
+    pub fn reserve() -> LoopbackBlock {
+        use rand::Rng;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join("ringkv-test-loopback");
+        let _ = std::fs::create_dir(&dir);
+        // Shared by every user's tests, like /tmp itself (fails harmlessly unless the owner).
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let (a, b) = (rng.random_range(1..=254u8), rng.random::<u8>());
+            let path = dir.join(format!("127.{a}.{b}.lock"));
+            // flock needs no write access, so a lock file another user created still serves.
+            let lock = std::fs::File::open(&path)
+                .or_else(|_| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                })
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            // SAFETY: flock on a descriptor this function owns; the lock lives as long as it.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return LoopbackBlock { a, b, _lock: lock };
+            }
+        }
+        panic!("no free loopback block after 1000 tries");
+    }
+
+    /// Address `n` (1..=254) of the block.
+    pub fn ip(&self, n: u8) -> IpAddr {
+        assert!((1..=254).contains(&n), "host {n} is outside 1..=254");
+        IpAddr::V4(Ipv4Addr::new(127, self.a, self.b, n))
+    }
 }
 
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
@@ -48,8 +113,11 @@ pub struct TestCluster {
     pub config: PathBuf,
     /// Node ids, in member order.
     pub ids: Vec<String>,
+    /// Member addresses, in member order.
+    pub addrs: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
     env: Vec<(String, String)>,
+    block: Option<LoopbackBlock>,
 }
 
 impl TestCluster {
@@ -66,16 +134,49 @@ impl TestCluster {
         replicas: usize,
         extra: &str,
     ) -> TestCluster {
+        TestCluster::configure_on(prefix, nodes, replicas, extra, None)
+    }
+
+    /// Like [`TestCluster::configure_replicated`], with node `i` (0-based) listening on and
+    /// dialling from its own address `.{i + 1}` of a freshly reserved [`LoopbackBlock`].
+    pub fn configure_distinct(
+        prefix: &str,
+        nodes: usize,
+        replicas: usize,
+        extra: &str,
+    ) -> TestCluster {
+        assert!(nodes <= 254, "a loopback block holds 254 nodes");
+        TestCluster::configure_on(
+            prefix,
+            nodes,
+            replicas,
+            extra,
+            Some(LoopbackBlock::reserve()),
+        )
+    }
+
+    fn configure_on(
+        prefix: &str,
+        nodes: usize,
+        replicas: usize,
+        extra: &str,
+        block: Option<LoopbackBlock>,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (1..=nodes).map(|i| format!("{prefix}{i}")).collect();
+        let addrs: Vec<SocketAddr> = (1..=nodes)
+            .map(|n| {
+                let ip = block
+                    .as_ref()
+                    .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |b| b.ip(n as u8));
+                SocketAddr::new(ip, free_port_on(ip))
+            })
+            .collect();
         let mut toml = format!(
             "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = {replicas}\ndata_dir = \"data\"\n\n",
         );
-        for id in &ids {
-            toml += &format!(
-                "[[members]]\nid = \"{id}\"\naddr = \"127.0.0.1:{}\"\n\n",
-                free_port()
-            );
+        for (id, addr) in ids.iter().zip(&addrs) {
+            toml += &format!("[[members]]\nid = \"{id}\"\naddr = \"{addr}\"\n\n");
         }
         toml += "[client]\ntimeout_ms = 5000\nconnect_timeout_ms = 10000\n\n";
         toml += extra;
@@ -86,8 +187,10 @@ impl TestCluster {
             dir,
             config,
             ids,
+            addrs,
             children,
             env: Vec::new(),
+            block,
         }
     }
 
@@ -148,6 +251,27 @@ impl TestCluster {
         }
         c.wait_ready().await;
         c
+    }
+
+    /// Starts `nodes` nodes on distinct loopback addresses (see
+    /// [`TestCluster::configure_distinct`]) and waits until each sees every other one up.
+    pub async fn start_distinct(
+        prefix: &str,
+        nodes: usize,
+        replicas: usize,
+        extra: &str,
+    ) -> TestCluster {
+        let mut c = TestCluster::configure_distinct(prefix, nodes, replicas, extra);
+        for i in 0..nodes {
+            c.spawn(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    /// Node `i`'s IP address.
+    pub fn ip(&self, i: usize) -> IpAddr {
+        self.addrs[i].ip()
     }
 
     /// True while node `i`'s process runs.

@@ -55,6 +55,10 @@ impl Actor for Admin {
                     ring_version: state.ring_version,
                     ring_hash: state.ring_hash,
                     ring_agreed: ctx.peers.ring_agreed(),
+                    hints_waiting: ctx.hints.len().unwrap_or(0),
+                    hints_delivered: ctx
+                        .hints_delivered
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 }));
             }
             AdminMessage::Members(_, reply) => {

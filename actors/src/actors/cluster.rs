@@ -1,14 +1,14 @@
-//! Cluster: the node's links to its peers. Dials every member (isolated mode, full mesh),
-//! re-dials with backoff after a disconnect, and runs the failure detector: a heartbeat to
-//! every peer each interval, down after `missed_beats` misses in a row (or at once when the
-//! session drops), up again after it answers. Heartbeats carry each side's ring hash, so every
-//! node knows whether all members agree on the ring.
+//! Cluster: the node's links to its peers. Dials every member (isolated mode, full mesh) from
+//! the node's own member IP, re-dials with backoff after a disconnect, and runs the failure
+//! detector: a heartbeat to every peer each interval, down after `missed_beats` misses in a row
+//! (or at once when the session drops), up again after it answers. Heartbeats carry each side's
+//! ring hash, so every node knows whether all members agree on the ring.
 //!
 //! ractor_cluster has neither re-dial nor failure detection of its own; a peer marked down has
 //! its session stopped so calls waiting on it fail at once instead of at their deadline.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub struct Cluster;
 pub struct ClusterArgs {
     /// This node's id.
     pub node_id: String,
+    /// This node's own IP (its member address): outgoing links are bound to it.
+    pub local_ip: IpAddr,
     /// Peers to link to: id and address.
     pub peers: Vec<(String, SocketAddr)>,
     /// The node's ractor_cluster server.
@@ -97,6 +99,37 @@ impl NodeEventSubscription for Events {
             let _ = self.0.cast(ClusterMessage::SessionClosed(id));
         }
     }
+}
+
+/// `ractor_cluster::client_connect` with the socket bound to `local_ip` first: a node's links
+/// leave from its own member address, so firewall rules between member addresses (partition
+/// tests) cut exactly the links between those nodes. A local IP of the other family than the
+/// peer (or unspecified) is not bound, leaving the choice to the kernel.
+async fn connect_from(
+    server: &ActorRef<NodeServerMessage>,
+    local_ip: IpAddr,
+    addr: SocketAddr,
+) -> Result<(), ractor_cluster::ClientConnectErr> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if !local_ip.is_unspecified() && local_ip.is_ipv4() == addr.is_ipv4() {
+        socket.bind(SocketAddr::new(local_ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let peer_addr = stream.peer_addr()?;
+    let local_addr = stream.local_addr()?;
+    server.cast(NodeServerMessage::ConnectionOpened {
+        stream: Box::new(ractor_cluster::NetworkStream::Raw {
+            stream,
+            peer_addr,
+            local_addr,
+        }),
+        is_server: false,
+    })?;
+    Ok(())
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -158,8 +191,9 @@ impl ClusterState {
             return;
         }
         link.dialing = true;
-        let (server, addr, me, node) = (
+        let (server, local_ip, addr, me, node) = (
             self.args.server.clone(),
+            self.args.local_ip,
             link.addr,
             myself.clone(),
             node.to_string(),
@@ -167,7 +201,7 @@ impl ClusterState {
         tokio::spawn(async move {
             let ok = tokio::time::timeout(
                 Duration::from_secs(2),
-                ractor_cluster::client_connect(&server, addr),
+                connect_from(&server, local_ip, addr),
             )
             .await
             .is_ok_and(|r| r.is_ok());

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod handoff;
 pub mod node_supervisor;
 pub mod replica;
 pub mod router;

@@ -12,6 +12,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 
 use crate::actors::admin::{Admin, AdminArgs};
 use crate::actors::cluster::{Cluster, ClusterArgs, ClusterMessage};
+use crate::actors::handoff::{Handoff, HandoffArgs, HandoffMessage};
 use crate::actors::replica::{Replica, ReplicaArgs};
 use crate::actors::router::Router;
 use crate::actors::vnode::VnodeMessage;
@@ -28,6 +29,7 @@ use crate::request_stats::RequestStats;
 use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
 use crate::storage::dot_sequence::DotSequence;
+use crate::storage::hint_store::HintStore;
 use crate::storage::vnode_store::EncodedPairs;
 
 /// Static membership: the ring never changes while a node runs, so its version is fixed.
@@ -76,6 +78,7 @@ pub struct NodeSupervisorState {
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
+    handoff: ActorRef<HandoffMessage>,
     stopping: bool,
 }
 
@@ -156,6 +159,12 @@ impl Actor for NodeSupervisor {
                 let _ = me.cast(NodeSupervisorMessage::LogStopped);
             })?;
 
+        // A small cache: hints are written once and read back once, in key order.
+        let hints = Arc::new(HintStore::open(
+            &settings.node_dir.join("hints.redb"),
+            4 << 20,
+            settings.conflict,
+        )?);
         let ring_hash = ring_hash(&settings);
         let peers = Arc::new(PeerTable::new(
             &settings.node_id,
@@ -176,6 +185,9 @@ impl Actor for NodeSupervisor {
             max_coordinating: settings.max_coordinating,
             stats: RequestStats::default(),
             read_repair_chance: settings.read_repair_chance,
+            sloppy_quorum: settings.repair.sloppy_quorum,
+            hints: hints.clone(),
+            hints_delivered: Default::default(),
             links: settings
                 .members
                 .iter()
@@ -201,6 +213,14 @@ impl Actor for NodeSupervisor {
             ring_hash,
         };
         let (admin, _) = Actor::spawn_linked(None, Admin, admin_args, myself.get_cell()).await?;
+        let handoff_args = HandoffArgs {
+            ctx: ctx.clone(),
+            interval: settings.repair.handoff_interval,
+            chunk: settings.repair.chunk_keys,
+            keys_per_sec: settings.repair.handoff_keys_per_sec,
+        };
+        let (handoff, _) =
+            Actor::spawn_linked(None, Handoff, handoff_args, myself.get_cell()).await?;
         ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
 
         let me = settings.me().clone();
@@ -216,6 +236,7 @@ impl Actor for NodeSupervisor {
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         let cluster_args = ClusterArgs {
             node_id: settings.node_id.clone(),
+            local_ip: me.addr.ip(),
             peers: settings
                 .members
                 .iter()
@@ -243,6 +264,7 @@ impl Actor for NodeSupervisor {
             admin,
             replica,
             cluster,
+            handoff,
             stopping: false,
         };
         for _ in 0..state.settings.routers.max(1) {
@@ -274,6 +296,7 @@ impl Actor for NodeSupervisor {
                 state.stopping = true;
                 tracing::info!("shutting down");
                 state.cluster.stop(None);
+                state.handoff.stop(None);
                 state.server.stop(None);
                 state.replica.stop(None);
                 for r in &state.routers {

@@ -10,9 +10,11 @@ use serde_bytes::ByteBuf;
 use crate::coordinator::{self, NodeContext};
 use crate::core::codec::encode_object;
 use crate::protocol::{
-    Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, Wire,
-    WriteBatchReply,
+    Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
+    Wire, WriteBatchReply,
 };
+use crate::replica_io;
+use crate::storage::hint_store::Hint;
 
 /// The replica actor.
 #[derive(Debug, Default)]
@@ -84,10 +86,7 @@ impl Actor for Replica {
                 // Merges wait for the vnodes' durable commits: never block this mailbox.
                 tokio::spawn(async move {
                     let deadline = std::time::Instant::now() + ctx.default_timeout;
-                    let merges = batch.writes.iter().map(|w| {
-                        coordinator::merge_local(&ctx, w.partition, &w.key, &w.object, deadline)
-                    });
-                    let results = futures::future::join_all(merges).await;
+                    let results = apply_writes(&ctx, batch.writes, deadline).await;
                     let _ = reply.send(Wire::new(WriteBatchReply { results }));
                 });
             }
@@ -113,4 +112,50 @@ fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvErr
     Ok(ReplicaObject {
         object: object.map(|o| ByteBuf::from(encode_object(&o))),
     })
+}
+
+/// Applies a batch of replica writes: merges into local vnodes, and hints (for a down replica
+/// this node stands in for) into the hint file in one durable commit. Results in batch order.
+async fn apply_writes(
+    ctx: &NodeContext,
+    writes: Vec<ReplicaWrite>,
+    deadline: std::time::Instant,
+) -> Vec<Result<(), KvError>> {
+    let mut hints = Vec::new();
+    let mut hint_slots = Vec::new();
+    let mut merges = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        match &w.hint_for {
+            Some(owner) => {
+                hint_slots.push(i);
+                hints.push(Hint {
+                    owner: owner.clone(),
+                    partition: w.partition,
+                    key: w.key.to_vec(),
+                    object: w.object.to_vec(),
+                });
+            }
+            None => merges.push((
+                i,
+                replica_io::merge_local(ctx, w.partition, &w.key, &w.object, deadline),
+            )),
+        }
+    }
+    let mut results: Vec<Result<(), KvError>> = vec![Ok(()); writes.len()];
+    let stored = async {
+        if hints.is_empty() {
+            Vec::new()
+        } else {
+            replica_io::store_hints(ctx, hints).await
+        }
+    };
+    let (slots, futures): (Vec<usize>, Vec<_>) = merges.into_iter().unzip();
+    let (merged, stored) = futures::join!(futures::future::join_all(futures), stored);
+    for (i, r) in slots.into_iter().zip(merged) {
+        results[i] = r;
+    }
+    for (i, r) in hint_slots.into_iter().zip(stored) {
+        results[i] = r;
+    }
+    results
 }

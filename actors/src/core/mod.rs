@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod limits;
+pub mod merkle;
 pub mod quorum;
 pub mod ring;
 pub mod version;

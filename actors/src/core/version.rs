@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3Default;
 
 /// A version vector: for each node id, the highest write counter seen from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +145,54 @@ impl Object {
         self.clock.covers(dot) || self.cloud.contains(dot)
     }
 
+    /// A canonical 64-bit xxh3 digest of the logical state, equal on every replica holding the
+    /// same object however its parts were merged; anti-entropy compares these.
+    ///
+    /// Parts are hashed in a canonical order: clock entries by node (zero counters skipped, as
+    /// [`VersionVector::get`] reads them as absent), cloud dots sorted and unique (dots the clock
+    /// covers skipped), siblings by dot. Lists are count-prefixed, byte strings length-prefixed
+    /// and integers fixed-width, so two different states never feed the hash the same bytes.
+    /// Replicas compare digests across nodes, so changing this encoding makes every key differ
+    /// between old and new versions.
+    pub fn digest(&self) -> u64 {
+        let mut h = Xxh3Default::new();
+        let clock: Vec<_> = self.clock.0.iter().filter(|&(_, &c)| c > 0).collect();
+        h.update(&(clock.len() as u64).to_le_bytes());
+        for (node, &counter) in clock {
+            hash_dot(&mut h, node, counter);
+        }
+        let mut cloud: Vec<&Dot> = self
+            .cloud
+            .iter()
+            .filter(|d| !self.clock.covers(d))
+            .collect();
+        cloud.sort_unstable();
+        cloud.dedup();
+        h.update(&(cloud.len() as u64).to_le_bytes());
+        for d in cloud {
+            hash_dot(&mut h, &d.node, d.counter);
+        }
+        let mut siblings: Vec<&Sibling> = self.siblings.iter().collect();
+        // The whole sibling, not just its dot, so even a broken invariant hashes deterministically.
+        siblings.sort_unstable_by(|a, b| {
+            (&a.dot, a.timestamp_ms, &a.value).cmp(&(&b.dot, b.timestamp_ms, &b.value))
+        });
+        h.update(&(siblings.len() as u64).to_le_bytes());
+        for s in siblings {
+            hash_dot(&mut h, &s.dot.node, s.dot.counter);
+            h.update(&s.timestamp_ms.to_le_bytes());
+            match &s.value {
+                Some(v) => {
+                    h.update(&[1]);
+                    h.update(&(v.len() as u64).to_le_bytes());
+                    h.update(v);
+                }
+                None => h.update(&[0]),
+            }
+        }
+        h.digest()
+    }
+
     /// Drops cloud dots the clock now covers, keeping the cloud sorted and unique.
     fn compact(&mut self) {
         let clock = &self.clock;
@@ -257,10 +306,18 @@ impl Object {
     }
 }
 
+/// Feeds one (node, counter) pair to `h`: the node length-prefixed, the counter fixed-width.
+fn hash_dot(h: &mut Xxh3Default, node: &str, counter: u64) {
+    h.update(&(node.len() as u64).to_le_bytes());
+    h.update(node.as_bytes());
+    h.update(&counter.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use xxhash_rust::xxh3::xxh3_64;
 
     const SIBS: ConflictPolicy = ConflictPolicy::Siblings { max_siblings: 64 };
 
@@ -441,6 +498,85 @@ mod tests {
         assert_eq!(vals(&a), vec![b"new".to_vec()]);
     }
 
+    #[test]
+    fn digest_format_is_pinned() {
+        // Replicas on different builds compare digests, so a change must be deliberate.
+        let empty = Object::default();
+        assert_eq!(empty.digest(), xxh3_64(&[0; 24]), "three zero counts");
+        assert_eq!(empty.digest(), 0x743D_F94E_E4C7_8A2A);
+        let mut o = Object::default();
+        put(&mut o, "a", None, Some(b"v".to_vec()), 1, SIBS);
+        assert_eq!(o.digest(), 0x0B5E_4E6A_F6E8_BA89);
+    }
+
+    #[test]
+    fn digest_tells_states_apart() {
+        let mut base = Object::default();
+        put(&mut base, "a", None, Some(b"v".to_vec()), 1, SIBS);
+        let variants: [fn(&mut Object); 7] = [
+            |o| o.siblings[0].value = None,
+            |o| o.siblings[0].value = Some(Vec::new()),
+            |o| o.siblings[0].timestamp_ms += 1,
+            |o| o.siblings[0].dot.node = "b".into(),
+            |o| {
+                o.clock.0.insert("b".into(), 1);
+            },
+            |o| {
+                o.cloud.push(Dot {
+                    node: "b".into(),
+                    counter: 2,
+                })
+            },
+            |o| o.siblings.clear(),
+        ];
+        let mut seen = vec![Object::default().digest(), base.digest()];
+        for change in variants {
+            let mut o = base.clone();
+            change(&mut o);
+            let d = o.digest();
+            assert!(!seen.contains(&d), "{o:?} collides");
+            seen.push(d);
+        }
+        // Length prefixes: moving a byte between a node id and a value changes the digest.
+        let mut split = base.clone();
+        split.siblings[0].dot.node = "av".into();
+        split.siblings[0].value = Some(Vec::new());
+        assert_ne!(split.digest(), base.digest());
+    }
+
+    #[test]
+    fn digest_ignores_representation() {
+        let mut o = Object::default();
+        let empty = CausalContext::default();
+        for (node, ts) in [("a", 1), ("b", 2), ("c", 3)] {
+            put(
+                &mut o,
+                node,
+                Some(&empty),
+                Some(node.as_bytes().to_vec()),
+                ts,
+                SIBS,
+            );
+        }
+        o.cloud.push(Dot {
+            node: "d".into(),
+            counter: 7,
+        });
+        let mut shuffled = o.clone();
+        shuffled.siblings.reverse();
+        shuffled.clock.0.insert("z".into(), 0);
+        shuffled.cloud.push(Dot {
+            node: "a".into(),
+            counter: 1,
+        });
+        shuffled.cloud.push(Dot {
+            node: "d".into(),
+            counter: 7,
+        });
+        assert_ne!(shuffled, o);
+        assert_eq!(shuffled.digest(), o.digest());
+    }
+
     /// A replica history: each step is a write at one of three replicas, optionally after a sync.
     /// Context modes: 0 blind, 1 the replica's read context, 2 the last write's reply context.
     fn arb_history() -> impl Strategy<Value = Vec<(usize, bool, u8)>> {
@@ -480,6 +616,32 @@ mod tests {
             prop_assert_eq!(&ab_c, &a_bc);
             let mut again = ab_c.clone(); again.merge(&ab_c, SIBS);
             prop_assert_eq!(&again, &ab_c);
+        }
+
+        #[test]
+        fn digest_is_independent_of_merge_order(
+            h in arb_history(),
+            order in Just(vec![0usize, 1, 2]).prop_shuffle(),
+        ) {
+            let r = replay(&h);
+            let mut forward = Object::default();
+            for o in &r {
+                forward.merge(o, SIBS);
+            }
+            let mut shuffled = Object::default();
+            for &i in &order {
+                shuffled.merge(&r[i], SIBS);
+            }
+            prop_assert_eq!(forward.digest(), shuffled.digest());
+            shuffled.siblings.reverse();
+            shuffled.cloud.reverse();
+            prop_assert_eq!(forward.digest(), shuffled.digest());
+            // Replay keeps objects normalized, so equality there is logical equality.
+            for a in &r {
+                for b in &r {
+                    prop_assert_eq!(a == b, a.digest() == b.digest());
+                }
+            }
         }
 
         #[test]

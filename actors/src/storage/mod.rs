@@ -2,5 +2,6 @@
 
 pub mod commit_log;
 pub mod dot_sequence;
+pub mod hint_store;
 pub mod memtable;
 pub mod vnode_store;

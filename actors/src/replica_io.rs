@@ -1,0 +1,135 @@
+//! Talking to one replica of a key, local or remote: reads, merges and hints. Local replicas
+//! are reached through the partition table, remote ones through the peer's batching link.
+
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::actors::vnode::{MergeOp, VnodeMessage};
+use crate::coordinator::NodeContext;
+use crate::core::codec::decode_object;
+use crate::core::version::Object;
+use crate::protocol::{KvError, ReplicaObject, ReplicaRead, ReplicaWrite};
+use crate::storage::hint_store::Hint;
+
+/// Time left until `deadline`.
+pub fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// One replica's answer to a read: its object, or why it gave none.
+pub type ReadAnswer = (String, Result<Option<Object>, KvError>);
+
+pub async fn read_replica(
+    ctx: &NodeContext,
+    node: String,
+    partition: u32,
+    key: &[u8],
+    deadline: Instant,
+) -> ReadAnswer {
+    if node == ctx.node_id {
+        return (node, ctx.table.read(partition, key));
+    }
+    let Some(_slot) = ctx.peers.acquire(&node) else {
+        return (node, Err(KvError::Overloaded));
+    };
+    let Some(link) = ctx.links.get(&node) else {
+        return (node, Err(KvError::Unavailable { needed: 1, got: 0 }));
+    };
+    let req = ReplicaRead {
+        partition,
+        key: ByteBuf::from(key.to_vec()),
+    };
+    let r = link
+        .read(req, deadline)
+        .await
+        .and_then(|ReplicaObject { object }| match object {
+            None => Ok(None),
+            Some(bytes) => decode_object(&bytes)
+                .map(Some)
+                .map_err(|e| KvError::Storage(e.to_string())),
+        });
+    (node, r)
+}
+
+/// Merges `object` into this node's vnode of `partition`; `Ok` once durable.
+pub async fn merge_local(
+    ctx: &NodeContext,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+    deadline: Instant,
+) -> Result<(), KvError> {
+    let decoded = decode_object(object).map_err(|e| KvError::BadRequest(e.to_string()))?;
+    let (tx, rx) = oneshot::channel();
+    let merge = VnodeMessage::Merge(MergeOp {
+        key: key.to_vec(),
+        object: decoded,
+        reply: tx,
+    });
+    ctx.table
+        .send(partition, merge)
+        .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
+    match tokio::time::timeout(remaining(deadline), rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        Err(_) => Err(KvError::Timeout),
+    }
+}
+
+/// Merges `object` into `node`'s replica, or with `hint_for` has `node` keep it as a hint for
+/// that down replica; `Ok` once it is durable there.
+pub async fn write_replica(
+    ctx: &NodeContext,
+    node: &str,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+    hint_for: Option<&str>,
+    deadline: Instant,
+) -> Result<(), KvError> {
+    if node == ctx.node_id {
+        return match hint_for {
+            None => merge_local(ctx, partition, key, object, deadline).await,
+            Some(owner) => {
+                let hint = Hint {
+                    owner: owner.to_string(),
+                    partition,
+                    key: key.to_vec(),
+                    object: object.to_vec(),
+                };
+                store_hints(ctx, vec![hint])
+                    .await
+                    .pop()
+                    .unwrap_or(Err(KvError::Timeout))
+            }
+        };
+    }
+    let _slot = ctx.peers.acquire(node).ok_or(KvError::Overloaded)?;
+    let link = ctx
+        .links
+        .get(node)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    let req = ReplicaWrite {
+        partition,
+        key: ByteBuf::from(key.to_vec()),
+        object: ByteBuf::from(object.to_vec()),
+        hint_for: hint_for.map(str::to_string),
+    };
+    link.write(req, deadline).await
+}
+
+/// Stores hints in this node's hint file (one durable commit); one result per hint.
+pub async fn store_hints(ctx: &NodeContext, hints: Vec<Hint>) -> Vec<Result<(), KvError>> {
+    let n = hints.len();
+    let store = ctx.hints.clone();
+    match tokio::task::spawn_blocking(move || store.store(&hints)).await {
+        Ok(Ok(results)) => results
+            .into_iter()
+            .map(|r| r.map_err(KvError::BadRequest))
+            .collect(),
+        Ok(Err(e)) => vec![Err(KvError::Storage(e.to_string())); n],
+        Err(e) => vec![Err(KvError::Storage(e.to_string())); n],
+    }
+}
