@@ -18,7 +18,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
-    AdminMessage, CrashVnodeRequest, GetReply, GetRequest, MemberView, NodeStats, NodeStatus,
+    AaeRound, AaeView, AdminMessage, CrashVnodeRequest, GetReply, GetRequest, MemberView, NodeStats, NodeStatus,
     PingReply, PingRequest, PutReply, PutRequest, RingView, RouterMessage, Wire, admin_group,
     router_group,
 };
@@ -609,6 +609,29 @@ impl Client {
     {
         let admin = self.admin(node)?;
         match admin.call(msg, Some(self.timeout(None))).await {
+            Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
+        }
+    }
+
+    /// A node's anti-entropy view: per local partition, merkle root, last exchange, repairs.
+    pub async fn aae(&self, node: &str) -> Result<AaeView, KvError> {
+        self.admin_call(node, |p| AdminMessage::Aae(Wire::new(PingRequest {}), p))
+            .await
+    }
+
+    /// Runs one anti-entropy round on `node` now (every local partition with each replica);
+    /// answers when it is done, so the timeout should allow for the repairs.
+    pub async fn aae_run(&self, node: &str, timeout: Duration) -> Result<AaeRound, KvError> {
+        let admin = self.admin(node)?;
+        match admin
+            .call(
+                |p| AdminMessage::AaeRun(Wire::new(PingRequest {}), p),
+                Some(timeout),
+            )
+            .await
+        {
             Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
             Ok(CallResult::Timeout) => Err(KvError::Timeout),
             _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),

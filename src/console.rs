@@ -5,16 +5,19 @@
 //! Script mode exits like the one-shot client commands: 0 success, 1 key not found (get),
 //! 2 any error (one `error: ...` line on stderr).
 
-use std::future::Future;
+mod aae;
+mod views;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use base64::Engine;
-use ringkv_actors::protocol::{MemberView, NodeStatus, RingView, VnodeHealth, VnodeInfo};
 use rustyline::error::ReadlineError;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::{Client, ClientConfig, KvError};
+
+pub use views::vnodes_per_node;
 
 /// One console command, as parsed from a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub enum Command {
     Ring,
     /// Each member's load figures.
     Stats,
+    /// Each partition's merkle roots across its replicas.
+    Aae,
+    /// One anti-entropy round on each member in turn.
+    AaeRun,
     /// Read a key.
     Get(String),
     /// Write a key: the value is the rest of the line after the key.
@@ -40,11 +47,13 @@ pub enum Command {
 }
 
 #[rustfmt::skip]
-const HELP: [(&str, &str); 9] = [
+const HELP: [(&str, &str); 11] = [
     ("status", "each member: answers?, ring hash, ring agreement, durability, vnodes"),
     ("members", "every reachable node's up/down verdict on each member"),
     ("ring", "partition -> preference list, and vnodes per node"),
     ("stats", "each member's ops/s, p99 latency, vnodes, mailbox depth, in flight"),
+    ("aae", "per partition: replicas' merkle roots, equal?, last exchange, keys repaired"),
+    ("aae run", "run an anti-entropy round on each member in turn, and what it repaired"),
     ("get KEY", "print every value of KEY (exit code 1 when absent)"),
     ("put KEY VALUE", "write VALUE (the rest of the line, spaces allowed) under KEY"),
     ("delete KEY", "delete KEY"),
@@ -73,6 +82,11 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
         "members" => bare(Command::Members),
         "ring" => bare(Command::Ring),
         "stats" => bare(Command::Stats),
+        "aae" => match rest.to_ascii_lowercase().as_str() {
+            "" => Ok(Command::Aae),
+            "run" => Ok(Command::AaeRun),
+            _ => Err("usage: aae [run]".into()),
+        },
         "help" => bare(Command::Help),
         "quit" | "exit" => bare(Command::Quit),
         "get" => key("get KEY").map(Command::Get),
@@ -82,10 +96,12 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             None => Err("usage: put KEY VALUE".into()),
         },
         _ => {
-            let names: Vec<&str> = HELP
+            let mut names: Vec<&str> = HELP
                 .iter()
                 .filter_map(|(u, _)| u.split(' ').next())
                 .collect();
+            // `aae` and `aae run` are adjacent in HELP.
+            names.dedup();
             Err(format!(
                 "unknown command `{word}`; type `help` for the list ({})",
                 names.join(", ")
@@ -193,10 +209,12 @@ async fn interactive(client: &Client, json: bool) -> ExitCode {
 
 async fn execute(client: &Client, cmd: &Command, json: bool) -> Result<Reply, String> {
     match cmd {
-        Command::Status => status(client, json).await,
-        Command::Members => members(client, json).await,
-        Command::Ring => ring(client, json).await,
-        Command::Stats => stats(client, json).await,
+        Command::Status => views::status(client, json).await,
+        Command::Members => views::members(client, json).await,
+        Command::Ring => views::ring(client, json).await,
+        Command::Stats => views::stats(client, json).await,
+        Command::Aae => aae::aae(client, json).await,
+        Command::AaeRun => aae::aae_run(client, json).await,
         Command::Get(key) => {
             let r = client.get(key).await.map_err(|e| e.to_string())?;
             let values = r.values.iter();
@@ -244,260 +262,6 @@ fn text_or_base64(bytes: &[u8]) -> Value {
     }
 }
 
-/// Asks every member at once, so one unresponsive node costs one timeout, not one each.
-async fn per_node<T, F, Fut>(client: &Client, ask: F) -> Vec<(String, Result<T, KvError>)>
-where
-    T: Send + 'static,
-    F: Fn(Client, String) -> Fut,
-    Fut: Future<Output = Result<T, KvError>> + Send + 'static,
-{
-    let ids = client.member_ids();
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|id| tokio::spawn(ask(client.clone(), id.clone())))
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for (id, task) in ids.into_iter().zip(tasks) {
-        let answer = task
-            .await
-            .unwrap_or_else(|e| Err(KvError::NotConnected(format!("query failed: {e}"))));
-        if matches!(answer, Err(KvError::NotConnected(_))) {
-            // The SDK redials a member only when a request is routed to it; this ping does,
-            // so a restarted node shows up again at the console's next command.
-            let _ = client.ping(Some(&id)).await;
-        }
-        out.push((id, answer));
-    }
-    out
-}
-
-/// Left-aligns columns two blanks apart; a row's last cell is left out of the widths so a
-/// long trailing note (an error) does not stretch the table.
-fn table(rows: Vec<Vec<String>>) -> Vec<String> {
-    let mut widths: Vec<usize> = Vec::new();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            match widths.get_mut(i) {
-                Some(w) => *w = (*w).max(cell.len()),
-                None => widths.push(cell.len()),
-            }
-        }
-    }
-    rows.iter()
-        .map(|row| {
-            let cells = row.iter().enumerate();
-            let line: String = cells
-                .map(|(i, c)| format!("{c:<w$}  ", w = widths.get(i).copied().unwrap_or(0)))
-                .collect();
-            line.trim_end().to_string()
-        })
-        .collect()
-}
-
-/// A header row: column titles separated by `|`.
-fn header(titles: &str) -> Vec<Vec<String>> {
-    vec![titles.split('|').map(String::from).collect()]
-}
-
-/// Per-node JSON: `up` with the node's figures, or `up: false` with the reason.
-fn nodes_json<T>(
-    answers: &[(String, Result<T, KvError>)],
-    id_key: &str,
-    figures: impl Fn(&T) -> Value,
-) -> Result<Reply, String> {
-    let nodes: Vec<Value> = answers
-        .iter()
-        .map(|(id, answer)| {
-            let mut v = match answer {
-                Ok(t) => figures(t),
-                Err(e) => json!({ "error": e.to_string() }),
-            };
-            v[id_key] = json!(id);
-            v["up"] = json!(answer.is_ok());
-            v
-        })
-        .collect();
-    ok(json!({ "nodes": nodes }))
-}
-
-fn down_row(id: &str, e: &KvError) -> Vec<String> {
-    vec![id.to_string(), "down".into(), format!("({e})")]
-}
-
-fn not_serving(s: &NodeStatus) -> Vec<VnodeInfo> {
-    let vnodes = s.vnodes.iter().filter(|v| v.health != VnodeHealth::Serving);
-    vnodes.cloned().collect()
-}
-
-async fn status(client: &Client, json: bool) -> Result<Reply, String> {
-    let answers = per_node(client, |c, id| async move { c.node_status(&id).await }).await;
-    if json {
-        return nodes_json(&answers, "id", |s| {
-            let bad = not_serving(s);
-            json!({
-                "ring_version": s.ring_version, "ring_hash": format!("{:016x}", s.ring_hash),
-                "ring_agreed": s.ring_agreed, "durability": s.durability,
-                "partitions": s.partitions, "vnodes_serving": s.vnodes.len() - bad.len(),
-                "vnodes_total": s.vnodes.len(), "not_serving": bad,
-            })
-        });
-    }
-    let mut rows = header("NODE|STATE|RING HASH|AGREED|DURABILITY|VNODES");
-    let mut notes = vec!["vnodes not serving:".to_string()];
-    for (id, answer) in &answers {
-        let s = match answer {
-            Ok(s) => s,
-            Err(e) => {
-                rows.push(down_row(id, e));
-                continue;
-            }
-        };
-        let bad = not_serving(s);
-        rows.push(vec![
-            id.clone(),
-            "up".into(),
-            format!("{:016x}", s.ring_hash),
-            if s.ring_agreed { "yes" } else { "no" }.into(),
-            s.durability.clone(),
-            format!("{}/{}", s.vnodes.len() - bad.len(), s.vnodes.len()),
-        ]);
-        notes.extend(bad.iter().map(|v| {
-            format!(
-                "  {id} partition {}: {:?}, {} restarts",
-                v.partition, v.health, v.restarts
-            )
-        }));
-    }
-    let mut lines = table(rows);
-    if notes.len() > 1 {
-        lines.extend(notes);
-    }
-    ok(lines.join("\n"))
-}
-
-async fn members(client: &Client, json: bool) -> Result<Reply, String> {
-    let mut views: Vec<(String, Vec<MemberView>)> = Vec::new();
-    let mut silent = Vec::new();
-    for (id, answer) in per_node(client, |c, id| async move { c.members(&id).await }).await {
-        match answer {
-            Ok(v) => views.push((id, v)),
-            Err(e) => silent.push(format!("{id} ({e})")),
-        }
-    }
-    if views.is_empty() {
-        return Err(format!("no member answered: {}", silent.join("; ")));
-    }
-    let ids = client.member_ids();
-    let verdict = |view: &[MemberView], id: &str| view.iter().find(|m| m.id == id).map(|m| m.up);
-    let addr = |id: &str| {
-        let mut all = views.iter().flat_map(|(_, v)| v);
-        all.find(|m| m.id == id)
-            .map_or_else(|| "?".into(), |m| m.addr.clone())
-    };
-    if json {
-        let rows: Vec<Value> = ids
-            .iter()
-            .map(|id| {
-                let seen: Map<String, Value> = views
-                    .iter()
-                    .filter_map(|(o, v)| verdict(v, id).map(|up| (o.clone(), json!(up))))
-                    .collect();
-                json!({ "id": id, "addr": addr(id), "views": seen })
-            })
-            .collect();
-        return ok(json!({ "members": rows }));
-    }
-    let mut rows = header("MEMBER|ADDR");
-    rows[0].extend(views.iter().map(|(o, _)| format!("{o}'s view")));
-    for id in &ids {
-        let mut row = vec![id.clone(), addr(id)];
-        row.extend(views.iter().map(|(_, v)| match verdict(v, id) {
-            Some(true) => "up".to_string(),
-            Some(false) => "down".into(),
-            None => "?".into(),
-        }));
-        rows.push(row);
-    }
-    let mut lines = table(rows);
-    if !silent.is_empty() {
-        lines.push(format!("did not answer: {}", silent.join("; ")));
-    }
-    ok(lines.join("\n"))
-}
-
-/// How many preference lists hold each node: the configured members in order (zero
-/// included), then any other id the ring names.
-pub fn vnodes_per_node(ring: &RingView, members: &[String]) -> Vec<(String, usize)> {
-    let mut counts: Vec<(String, usize)> = members.iter().map(|m| (m.clone(), 0)).collect();
-    for id in ring.preference_lists.iter().flatten() {
-        match counts.iter_mut().find(|(m, _)| m == id) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((id.clone(), 1)),
-        }
-    }
-    counts
-}
-
-async fn ring(client: &Client, json: bool) -> Result<Reply, String> {
-    let mut failures = Vec::new();
-    let mut found = None;
-    for id in client.member_ids() {
-        match client.ring(&id).await {
-            Ok(r) => {
-                found = Some((id, r));
-                break;
-            }
-            Err(e) => failures.push(format!("{id} ({e})")),
-        }
-    }
-    let Some((from, ring)) = found else {
-        return Err(format!("no member answered: {}", failures.join("; ")));
-    };
-    let counts = vnodes_per_node(&ring, &client.member_ids());
-    if json {
-        let per_node: Map<String, Value> =
-            counts.into_iter().map(|(id, n)| (id, json!(n))).collect();
-        return ok(json!({
-            "from": from, "version": ring.version, "partitions": ring.partitions,
-            "replicas": ring.replicas, "preference_lists": ring.preference_lists,
-            "vnodes_per_node": per_node,
-        }));
-    }
-    let mut lines = vec![format!(
-        "ring version {} as {from} sees it: {} partitions, {} replicas",
-        ring.version, ring.partitions, ring.replicas
-    )];
-    let pw = ring.partitions.saturating_sub(1).to_string().len();
-    for (p, prefs) in ring.preference_lists.iter().enumerate() {
-        lines.push(format!("  {p:>pw$}  {}", prefs.join(" ")));
-    }
-    let per_node: Vec<String> = counts.iter().map(|(id, n)| format!("{id}={n}")).collect();
-    lines.push(format!("vnodes per node: {}", per_node.join(" ")));
-    ok(lines.join("\n"))
-}
-
-async fn stats(client: &Client, json: bool) -> Result<Reply, String> {
-    let answers = per_node(client, |c, id| async move { c.stats(&id).await }).await;
-    if json {
-        return nodes_json(&answers, "node", |s| json!(s));
-    }
-    let mut rows = header("NODE|OPS/S|P99 MS|VNODES|MAILBOX|IN FLIGHT");
-    for (id, answer) in &answers {
-        rows.push(match answer {
-            Ok(s) => vec![
-                id.clone(),
-                format!("{:.1}", s.ops_per_sec),
-                format!("{:.2}", s.p99_ms),
-                s.vnodes.to_string(),
-                s.mailbox_depth.to_string(),
-                s.in_flight.to_string(),
-            ],
-            Err(e) => down_row(id, e),
-        });
-    }
-    ok(table(rows).join("\n"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +276,8 @@ mod tests {
             ("RING", Command::Ring),
             ("stats", Command::Stats),
             ("help", Command::Help),
+            ("aae", Command::Aae),
+            ("AAE  Run ", Command::AaeRun),
         ];
         let quit = [("quit", Command::Quit), ("exit", Command::Quit)];
         for (line, cmd) in bare.into_iter().chain(more).chain(quit) {
@@ -550,32 +316,12 @@ mod tests {
             "{e}"
         );
         assert!(parse_line("   ").unwrap_err().contains("help"));
+        assert_eq!(e.matches("aae").count(), 1, "{e}");
     }
 
     #[test]
-    fn counts_vnodes_per_member_in_member_order() {
-        let preference_lists = [["b", "a"], ["b", "x"]].map(|l| l.map(String::from).to_vec());
-        let (version, partitions, replicas) = (1, 2, 2);
-        let preference_lists = preference_lists.to_vec();
-        let ring = RingView {
-            version,
-            partitions,
-            replicas,
-            preference_lists,
-        };
-        let members = ["a", "b", "c"].map(String::from);
-        let counts = [("a", 1), ("b", 2), ("c", 0), ("x", 1)].map(|(id, n)| (id.to_string(), n));
-        assert_eq!(vnodes_per_node(&ring, &members), counts);
-    }
-
-    #[test]
-    fn table_aligns_all_but_trailing_notes() {
-        let rows = [
-            header("ID|STATE|X"),
-            header("n1|up|1"),
-            header("node2|down (gone)"),
-        ];
-        let lines = ["ID     STATE  X", "n1     up     1", "node2  down (gone)"];
-        assert_eq!(table(rows.concat()), lines);
+    fn aae_takes_only_run() {
+        assert_eq!(parse_line("aae now"), Err("usage: aae [run]".into()));
+        assert_eq!(parse_line("aae run now"), Err("usage: aae [run]".into()));
     }
 }

@@ -266,37 +266,3 @@ async fn blind_last_write_wins_writes_are_reported_lost() {
     assert!(report.phantom.is_empty(), "{report}");
     eprintln!("negative control: {report}\n{:?}", run.counts);
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn zz_scratch_kill_during_workload() {
-    let mut c = TestCluster::start_replicated("wz", 3, 3, "").await;
-    let client = c.client().await;
-    let opts = WorkloadOptions {
-        delete_share: 0.1,
-        duration: Some(Duration::from_secs(8)),
-        timeout: Some(Duration::from_secs(1)),
-        ..quorum_options(6, 6, &c.ids)
-    };
-    let load = {
-        let (client, opts) = (client.clone(), opts.clone());
-        tokio::spawn(async move { workload::run(&client, &opts).await })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim: usize = std::env::var("VICTIM").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    if std::env::var("STOP").is_ok() {
-        unsafe { libc::kill(c.pid(victim) as libc::pid_t, libc::SIGSTOP) };
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        unsafe { libc::kill(c.pid(victim) as libc::pid_t, libc::SIGCONT) };
-    } else {
-        c.kill(victim);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        c.spawn(victim);
-        c.wait_ready().await;
-    }
-    let run = load.await.unwrap();
-    c.wait_ready().await;
-    let state = workload::read_final(&client, &opts.key_names(), Duration::from_secs(30)).await;
-    let report = check(&run.history, &state);
-    eprintln!("scratch: {report}\n{:?}", run.counts);
-    assert!(report.is_ok(), "{report}");
-}

@@ -1,6 +1,7 @@
 //! `ringkv console` against a real 3-node, 3-replica cluster: its admin views show the actual
 //! cluster, its key commands read and write, its exit codes follow the one-shot commands, and a
-//! killed node shows as down without failing the command.
+//! killed node shows as down without failing the command; `aae run` then `aae` show the
+//! replicas' merkle roots agreeing.
 
 mod common;
 
@@ -46,8 +47,9 @@ fn ids_of(list: &Value, field: &str) -> Vec<String> {
         .collect()
 }
 
-async fn replicated_cluster() -> TestCluster {
-    let mut c = TestCluster::configure("con", 3, "");
+/// Starts a 3-node, 3-replica cluster whose members are `<prefix>1..3`.
+async fn replicated_cluster(prefix: &str) -> TestCluster {
+    let mut c = TestCluster::configure(prefix, 3, "");
     let toml = std::fs::read_to_string(&c.config).unwrap();
     assert!(
         toml.contains("replicas = 1\n"),
@@ -78,7 +80,7 @@ async fn replicated_cluster() -> TestCluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn console_shows_the_cluster_and_survives_a_dead_node() {
-    let mut c = replicated_cluster().await;
+    let mut c = replicated_cluster("con").await;
 
     let status = console_json(&c, "status");
     let nodes = &status["nodes"];
@@ -256,4 +258,39 @@ async fn console_shows_the_cluster_and_survives_a_dead_node() {
     );
     let history = std::fs::read_to_string(home.join(".ringkv_history")).unwrap_or_default();
     assert!(history.contains("get i"), "history saved: {history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_aae_run_leaves_every_partition_equal() {
+    let c = replicated_cluster("caae").await;
+    for i in 0..5 {
+        let put = console(&c, &format!("put aae{i} value {i}"), false);
+        assert_eq!(put.status.code(), Some(0), "{}", describe(&put));
+    }
+
+    let run = console_json(&c, "aae run");
+    let nodes = run["nodes"].as_array().unwrap();
+    assert_eq!(ids_of(&run["nodes"], "node"), c.ids);
+    for n in nodes {
+        assert_eq!(n["up"], true, "{run}");
+        assert_eq!(n["errors"], serde_json::json!([]), "{run}");
+    }
+
+    let aae = console_json(&c, "aae");
+    assert_eq!(aae["all_equal"], true, "{aae}");
+    let partitions = aae["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 16, "{aae}");
+    for (i, p) in partitions.iter().enumerate() {
+        assert_eq!(p["partition"], i, "{p}");
+        assert_eq!(p["equal"], true, "{p}");
+        let roots = p["roots"].as_object().unwrap();
+        let ids: BTreeSet<&String> = roots.keys().collect();
+        assert_eq!(ids, c.ids.iter().collect(), "one root per replica: {p}");
+        assert!(roots.values().all(Value::is_string), "{p}");
+    }
+
+    let text = console(&c, "aae", false);
+    assert_eq!(text.status.code(), Some(0), "{}", describe(&text));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("all 16 partitions equal"), "{text}");
 }

@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::actors::vnode::{VnodeMessage, WriteOp, WriteOutcome};
+use crate::anti_entropy::AaeStatus;
 use crate::core::codec::encode_object;
 use crate::core::limits::Limits;
 use crate::core::quorum::{Consistency, Tally, Verdict};
@@ -31,6 +32,7 @@ use crate::protocol::{
 };
 use crate::replica_io::{read_replica, remaining, write_replica};
 use crate::request_stats::RequestStats;
+use crate::settings::RepairSettings;
 use crate::storage::hint_store::HintStore;
 
 /// Everything a coordinator needs from its node.
@@ -68,6 +70,10 @@ pub struct NodeContext {
     pub hints: Arc<HintStore>,
     /// Hints handed back to their owners since start.
     pub hints_delivered: std::sync::atomic::AtomicU64,
+    /// Handoff and anti-entropy settings.
+    pub repair: RepairSettings,
+    /// Anti-entropy figures per local partition.
+    pub aae: AaeStatus,
 }
 
 impl NodeContext {

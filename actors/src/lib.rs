@@ -4,6 +4,7 @@
 //! messages and call them.
 
 pub mod actors;
+pub mod anti_entropy;
 pub mod coordinator;
 pub mod core;
 pub mod node;

@@ -2,12 +2,13 @@
 //! on its file, and its health. Shared by routers, the admin actor and the vnode supervisor.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ractor::ActorRef;
 use redb::Database;
 
 use crate::actors::vnode::VnodeMessage;
+use crate::core::merkle::{MerkleTree, segment_of};
 use crate::core::version::Object;
 use crate::protocol::{KvError, VnodeHealth, VnodeInfo};
 use crate::storage::memtable::Memtable;
@@ -25,6 +26,7 @@ struct Live {
     health: VnodeHealth,
     vnode: Option<ActorRef<VnodeMessage>>,
     reader: Option<(Arc<Database>, Arc<Memtable>)>,
+    tree: Option<Arc<Mutex<MerkleTree>>>,
 }
 
 impl Default for Live {
@@ -33,6 +35,7 @@ impl Default for Live {
             health: VnodeHealth::Starting,
             vnode: None,
             reader: None,
+            tree: None,
         }
     }
 }
@@ -70,12 +73,14 @@ impl PartitionTable {
         partition: u32,
         vnode: ActorRef<VnodeMessage>,
         reader: (Arc<Database>, Arc<Memtable>),
+        tree: Arc<Mutex<MerkleTree>>,
     ) {
         if let Some(s) = self.slot(partition) {
             *s.live.write().unwrap() = Live {
                 health: VnodeHealth::Serving,
                 vnode: Some(vnode),
                 reader: Some(reader),
+                tree: Some(tree),
             };
         }
     }
@@ -89,6 +94,7 @@ impl PartitionTable {
                     health,
                     vnode: None,
                     reader: None,
+                    tree: None,
                 },
             );
             // Dropping the last handle closes the file (a durable commit): not under the lock.
@@ -150,6 +156,38 @@ impl PartitionTable {
             return Ok(Some(o));
         }
         VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string()))
+    }
+
+    /// A copy of `partition`'s merkle tree, when its vnode is serving.
+    pub fn tree(&self, partition: u32) -> Option<MerkleTree> {
+        let tree = self.slot(partition)?.live.read().unwrap().tree.clone()?;
+        let copy = tree.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(copy)
+    }
+
+    /// Every key of `partition` in the given merkle segments, with its object's digest, in key
+    /// order: the file's snapshot overlaid with the memtable. Blocks on file I/O.
+    pub fn segment_digests(
+        &self,
+        partition: u32,
+        tree_segments: u32,
+        wanted: &[u32],
+    ) -> Result<Vec<(Vec<u8>, u64)>, KvError> {
+        let (db, memtable) = self
+            .slot(partition)
+            .and_then(|s| s.live.read().unwrap().reader.clone())
+            .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+        let wanted: std::collections::HashSet<u32> = wanted.iter().copied().collect();
+        let keep = |k: &[u8]| wanted.contains(&segment_of(k, tree_segments));
+        // The memtable first: a flush between the two reads then leaves keys in the file's
+        // snapshot rather than in neither.
+        let recent = memtable.digests(keep);
+        let mut merged: std::collections::BTreeMap<Vec<u8>, u64> = VnodeStore::digests(&db, keep)
+            .map_err(|e| KvError::Storage(e.to_string()))?
+            .into_iter()
+            .collect();
+        merged.extend(recent);
+        Ok(merged.into_iter().collect())
     }
 
     /// Every serving vnode, with its partition.

@@ -275,6 +275,90 @@ pub enum ReplicaMessage {
     /// Failure detector probe; answered with this node's ring view.
     #[rpc]
     Heartbeat(Wire<Heartbeat>, RpcReplyPort<Wire<Heartbeat>>),
+    /// Hashes of some nodes of one level of a partition's merkle tree (anti-entropy).
+    #[rpc]
+    AaeTree(
+        Wire<TreeRequest>,
+        RpcReplyPort<Wire<Result<Vec<u64>, KvError>>>,
+    ),
+    /// Keys and object digests of some merkle segments of a partition (anti-entropy).
+    #[rpc]
+    AaeKeys(
+        Wire<SegmentRequest>,
+        RpcReplyPort<Wire<Result<Vec<KeyDigest>, KvError>>>,
+    ),
+}
+
+/// Asks for the hashes of `indices` at `level` of a partition's merkle tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeRequest {
+    /// The partition.
+    pub partition: u32,
+    /// Leaf count of the asker's tree; a tree of another shape is refused.
+    pub segments: u32,
+    /// Tree level, 0 = root.
+    pub level: u32,
+    /// Node indices within the level.
+    pub indices: Vec<u32>,
+}
+
+/// Asks for every key of some merkle segments of a partition, with object digests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRequest {
+    /// The partition.
+    pub partition: u32,
+    /// Leaf count of the asker's tree.
+    pub segments: u32,
+    /// The segments wanted.
+    pub wanted: Vec<u32>,
+}
+
+/// A key with its object's digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyDigest {
+    /// The key bytes.
+    pub key: ByteBuf,
+    /// Digest of its object ([`crate::core::version::Object::digest`]).
+    pub digest: u64,
+}
+
+/// Anti-entropy state of one local partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AaePartition {
+    /// The partition.
+    pub partition: u32,
+    /// Root hash of this replica's merkle tree; `None` when its vnode is not serving.
+    pub root: Option<u64>,
+    /// Unix ms of the last completed exchange with another replica.
+    pub last_exchange_ms: Option<u64>,
+    /// Exchanges completed since the node started.
+    pub exchanges: u64,
+    /// Keys repaired by those exchanges (on either side).
+    pub keys_repaired: u64,
+}
+
+/// A node's anti-entropy view, for `ringkv console -c aae`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AaeView {
+    /// The reporting node.
+    pub node: String,
+    /// Its local partitions.
+    pub partitions: Vec<AaePartition>,
+}
+
+/// What one on-demand anti-entropy round did on a node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AaeRound {
+    /// The node that ran it.
+    pub node: String,
+    /// Exchanges completed.
+    pub exchanges: u64,
+    /// Keys repaired.
+    pub keys_repaired: u64,
+    /// Wall-clock duration, ms.
+    pub millis: u64,
+    /// Exchanges that failed, with why.
+    pub errors: Vec<String>,
 }
 
 /// A vnode's health as the admin actor reports it.
@@ -395,6 +479,12 @@ pub enum AdminMessage {
         Wire<CrashVnodeRequest>,
         RpcReplyPort<Wire<Result<(), KvError>>>,
     ),
+    /// Per local partition: merkle root, last exchange, keys repaired.
+    #[rpc]
+    Aae(Wire<PingRequest>, RpcReplyPort<Wire<AaeView>>),
+    /// Exchange every local partition with its replicas now; answered when done.
+    #[rpc]
+    AaeRun(Wire<PingRequest>, RpcReplyPort<Wire<AaeRound>>),
 }
 
 /// The pg group holding a node's router actors.

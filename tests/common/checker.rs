@@ -6,20 +6,21 @@
 //! plus, recursively, the read-sets of the puts that wrote those values (a value was read, so
 //! its write was applied somewhere and its context joined the clock that read returned).
 //!
-//! * **Effective attempts** (their supersession counts): the causal-past closure of every
-//!   acknowledged attempt, every delete, and every put whose value is in the final state. An
-//!   unknown-outcome delete may have been applied at any time and a tombstone is invisible to
-//!   reads, so no observation can refute it; an unknown put whose value is neither present nor
-//!   in an effective causal past is taken as not applied (had it been, its own value would
-//!   have to be present or superseded, so it cannot explain another value's absence).
+//! * **Effective attempts** (applied, so what they superseded is legitimately gone): every
+//!   acknowledged attempt, every delete, every put whose value is in the final state, and every
+//!   put whose value lies in the causal past of an effective attempt. An unknown-outcome delete
+//!   may have been applied at any time and a tombstone is invisible to reads, so no observation
+//!   can refute it. An unknown put that is neither present nor in an effective causal past is
+//!   taken as not applied: had it been, its own value would have to be present or superseded,
+//!   so it cannot explain another value's absence.
 //! * **Lost**: an acknowledged put whose value is neither in the final state nor in the causal
 //!   past of an effective attempt. A write superseded only by an acknowledged write that is
 //!   itself lost is not listed again: the lost superseder is the violation.
 //! * **Resurrected**: a value in the final state that lies in the causal past of a write known
 //!   to be applied (acknowledged, or an unknown put whose value is in the final state). That
 //!   write's context covered the value, so the value is deleted (or overwritten) and must not
-//!   be readable again. The brief's "deleted key readable again" is the delete case: a key whose
-//!   every put lies in an acknowledged delete's causal past must read back as not found.
+//!   be readable again. In particular a key whose every put lies in the causal past of an
+//!   acknowledged delete must read back as not found.
 //! * **Phantom**: a value in the final state, or in any attempt's read-set, that no put
 //!   attempt on that key wrote.
 //!

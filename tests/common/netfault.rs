@@ -47,7 +47,9 @@ pub async fn firewall_or_skip(test: &str) -> Option<Firewall> {
     match firewall().await {
         Ok(fw) => Some(fw),
         Err(Skip(why)) => {
-            let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
+            // One write, so the line is not interleaved with the harness's own output.
+            let line = format!("\n*** SKIPPED {test}: {why} ***\n\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }

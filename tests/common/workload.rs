@@ -236,11 +236,7 @@ async fn writer(
             key: key.clone(),
             value: (!delete).then(|| id.clone()),
             id,
-            read: read
-                .values
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect(),
+            read: texts(&read.values),
             outcome,
             error,
         });
@@ -261,15 +257,9 @@ pub async fn read_final(client: &Client, keys: &[String], within: Duration) -> F
     };
     let mut state = FinalState::new();
     for key in keys {
-        let values: BTreeSet<String> = loop {
+        let values = loop {
             match client.get_with(key, &opts).await {
-                Ok(read) => {
-                    break read
-                        .values
-                        .iter()
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .collect();
-                }
+                Ok(read) => break texts(&read.values),
                 Err(e) => assert!(
                     Instant::now() < end,
                     "could not read {key} with r=all within {within:?}: {e}"
@@ -280,4 +270,12 @@ pub async fn read_final(client: &Client, keys: &[String], within: Duration) -> F
         state.insert(key.clone(), values);
     }
     state
+}
+
+/// Values as text (the workload writes ASCII; anything else is shown lossily, as a phantom).
+fn texts(values: &[Vec<u8>]) -> BTreeSet<String> {
+    values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
 }

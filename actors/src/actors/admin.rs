@@ -6,8 +6,12 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::vnode::VnodeMessage;
+use crate::anti_entropy;
 use crate::coordinator::NodeContext;
-use crate::protocol::{AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth, Wire};
+use crate::protocol::{
+    AaePartition, AaeView, AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth,
+    Wire,
+};
 
 /// The admin actor.
 #[derive(Debug, Default)]
@@ -60,6 +64,29 @@ impl Actor for Admin {
                         .hints_delivered
                         .load(std::sync::atomic::Ordering::Relaxed),
                 }));
+            }
+            AdminMessage::Aae(_, reply) => {
+                let partitions = ctx
+                    .ring
+                    .partitions_of(&ctx.node_id)
+                    .into_iter()
+                    .map(|p| AaePartition {
+                        root: ctx.table.tree(p).map(|t| t.root()),
+                        ..ctx.aae.of(p)
+                    })
+                    .collect();
+                let _ = reply.send(Wire::new(AaeView {
+                    node: ctx.node_id.clone(),
+                    partitions,
+                }));
+            }
+            AdminMessage::AaeRun(_, reply) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let (chunk, rate) = (ctx.repair.chunk_keys, ctx.repair.aae_keys_per_sec);
+                    let r = anti_entropy::round(&ctx, chunk, rate).await;
+                    let _ = reply.send(Wire::new(r));
+                });
             }
             AdminMessage::Members(_, reply) => {
                 let _ = reply.send(Wire::new(ctx.peers.view()));

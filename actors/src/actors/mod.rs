@@ -1,5 +1,6 @@
 //! The actors of a node, one per file.
 
+pub mod aae_scheduler;
 pub mod admin;
 pub mod cluster;
 pub mod handoff;

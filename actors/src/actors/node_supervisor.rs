@@ -10,6 +10,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 
+use crate::actors::aae_scheduler::{AaeScheduler, AaeSchedulerMessage};
 use crate::actors::admin::{Admin, AdminArgs};
 use crate::actors::cluster::{Cluster, ClusterArgs, ClusterMessage};
 use crate::actors::handoff::{Handoff, HandoffArgs, HandoffMessage};
@@ -79,6 +80,7 @@ pub struct NodeSupervisorState {
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
     handoff: ActorRef<HandoffMessage>,
+    aae: ActorRef<AaeSchedulerMessage>,
     stopping: bool,
 }
 
@@ -188,6 +190,8 @@ impl Actor for NodeSupervisor {
             sloppy_quorum: settings.repair.sloppy_quorum,
             hints: hints.clone(),
             hints_delivered: Default::default(),
+            repair: settings.repair,
+            aae: Default::default(),
             links: settings
                 .members
                 .iter()
@@ -221,6 +225,8 @@ impl Actor for NodeSupervisor {
         };
         let (handoff, _) =
             Actor::spawn_linked(None, Handoff, handoff_args, myself.get_cell()).await?;
+        let (aae, _) =
+            Actor::spawn_linked(None, AaeScheduler, ctx.clone(), myself.get_cell()).await?;
         ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
 
         let me = settings.me().clone();
@@ -265,6 +271,7 @@ impl Actor for NodeSupervisor {
             replica,
             cluster,
             handoff,
+            aae,
             stopping: false,
         };
         for _ in 0..state.settings.routers.max(1) {
@@ -297,6 +304,7 @@ impl Actor for NodeSupervisor {
                 tracing::info!("shutting down");
                 state.cluster.stop(None);
                 state.handoff.stop(None);
+                state.aae.stop(None);
                 state.server.stop(None);
                 state.replica.stop(None);
                 for r in &state.routers {

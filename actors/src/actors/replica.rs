@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
 
+use crate::anti_entropy;
 use crate::coordinator::{self, NodeContext};
 use crate::core::codec::encode_object;
 use crate::protocol::{
@@ -90,6 +91,24 @@ impl Actor for Replica {
                     let _ = reply.send(Wire::new(WriteBatchReply { results }));
                 });
             }
+            ReplicaMessage::AaeTree(Wire(req), reply) => {
+                let r = req
+                    .map_err(|e| malformed("merkle tree", e))
+                    .and_then(|r| anti_entropy::answer_tree(&ctx, &r));
+                let _ = reply.send(Wire::new(r));
+            }
+            ReplicaMessage::AaeKeys(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("key listing", e))));
+                }
+                // Listing scans the vnode's file: off this mailbox.
+                Ok(req) => {
+                    tokio::spawn(async move {
+                        let r = anti_entropy::answer_keys(&ctx, req).await;
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
             ReplicaMessage::Coordinate(Wire(req), reply) => match req {
                 Err(e) => {
                     let _ = reply.send(Wire::new(Err(malformed("coordinate", e))));

@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
 use crate::core::codec::encode_object;
+use crate::core::merkle::{DEFAULT_SEGMENTS, MerkleTree};
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
 use crate::protocol::{KvError, VnodeHealth};
@@ -147,6 +148,8 @@ pub struct VnodeState {
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
+    /// Merkle tree of the vnode's keys (file and memtable), updated at every commit.
+    tree: Arc<Mutex<MerkleTree>>,
 }
 
 fn now_ms() -> u64 {
@@ -200,11 +203,19 @@ impl Actor for Vnode {
             }
             Ok(store)
         })?;
+        let mut tree = MerkleTree::new(DEFAULT_SEGMENTS);
+        let digests =
+            tokio::task::block_in_place(|| VnodeStore::digests(&store.reader(), |_| true))?;
+        for (key, digest) in digests {
+            tree.update(&key, None, Some(digest));
+        }
+        let tree = Arc::new(Mutex::new(tree));
         let memtable = Arc::new(Memtable::default());
         args.table.serve(
             args.partition,
             myself.clone(),
             (store.reader(), memtable.clone()),
+            tree.clone(),
         );
         tracing::debug!(
             partition = args.partition,
@@ -219,6 +230,7 @@ impl Actor for Vnode {
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
+            tree,
         })
     }
 
@@ -342,6 +354,8 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     let now = now_ms();
     // Current objects: the memtable's, else the file's (one snapshot for the batch).
     let mut latest: HashMap<Vec<u8>, Result<Object, KvError>> = HashMap::new();
+    // Digest of each key's object before the batch (`None`: absent), for the merkle tree.
+    let mut before: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
     let missing: Vec<&[u8]> = {
         let mut seen = std::collections::HashSet::new();
         ops.iter()
@@ -349,6 +363,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             .filter(|k| seen.insert(*k))
             .filter(|k| match state.memtable.get(k) {
                 Some(o) => {
+                    before.insert(k.to_vec(), Some(o.digest()));
                     latest.insert(k.to_vec(), Ok(o));
                     false
                 }
@@ -366,6 +381,9 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         }
     };
     for (k, r) in missing.into_iter().zip(stored) {
+        if let Ok(stored) = &r {
+            before.insert(k.to_vec(), stored.as_ref().map(Object::digest));
+        }
         latest.insert(
             k.to_vec(),
             r.map(Option::unwrap_or_default).map_err(|e| {
@@ -413,6 +431,13 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             object: object.clone(),
         })
         .collect();
+    {
+        let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, object, _) in &written {
+            let old = before.get(key).copied().flatten();
+            tree.update(key, old, Some(object.digest()));
+        }
+    }
     state.memtable.insert_all(written);
     // A write's minted reply carries its key's new object, for the coordinator to replicate; the
     // dot sequence never reissues its counter even if this commit is lost in a crash.

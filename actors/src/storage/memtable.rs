@@ -55,6 +55,17 @@ impl Memtable {
             .clear();
     }
 
+    /// Digests of the held objects whose key `wanted` accepts.
+    pub fn digests(&self, wanted: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, u64)> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| wanted(k))
+            .map(|(k, (o, _))| (k.clone(), o.digest()))
+            .collect()
+    }
+
     /// Number of keys held.
     pub fn len(&self) -> usize {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).len()

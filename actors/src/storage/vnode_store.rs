@@ -68,6 +68,27 @@ impl VnodeStore {
         }
     }
 
+    /// Every stored key that `wanted` accepts with its object's digest, in key order, from one
+    /// snapshot. An undecodable object gets a digest of its raw bytes, so it still differs.
+    pub fn digests(
+        db: &Database,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err("iter", e))? {
+            let (k, v) = entry.map_err(|e| err("iter", e))?;
+            if !wanted(k.value()) {
+                continue;
+            }
+            let digest = decode_object(v.value())
+                .map_or_else(|_| xxhash_rust::xxh3::xxh3_64(v.value()), |o| o.digest());
+            out.push((k.value().to_vec(), digest));
+        }
+        Ok(out)
+    }
+
     /// Reads many keys from one snapshot (the vnode's lookups before applying a batch).
     pub fn read_many(
         &self,

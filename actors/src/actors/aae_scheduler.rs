@@ -1,0 +1,96 @@
+//! Anti-entropy scheduler: walks this node's partitions in turn, so that each is exchanged
+//! with its replicas about once per configured interval, one exchange at a time (repairs are
+//! background work and must not compete with requests for more than one task's worth of CPU).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+
+use crate::anti_entropy;
+use crate::coordinator::NodeContext;
+
+/// The anti-entropy scheduler actor.
+#[derive(Debug, Default)]
+pub struct AaeScheduler;
+
+/// The scheduler's state.
+pub struct AaeSchedulerState {
+    ctx: Arc<NodeContext>,
+    partitions: Vec<u32>,
+    next: usize,
+    busy: bool,
+}
+
+/// Messages of the scheduler (local only).
+#[derive(RactorMessage)]
+pub enum AaeSchedulerMessage {
+    /// Exchange the next partition unless the previous exchange is still running.
+    Tick,
+    /// The running exchange ended.
+    Done,
+}
+
+impl Actor for AaeScheduler {
+    type Msg = AaeSchedulerMessage;
+    type State = AaeSchedulerState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AaeSchedulerMessage>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<AaeSchedulerState, ActorProcessingErr> {
+        let partitions = ctx.ring.partitions_of(&ctx.node_id);
+        let interval = ctx.repair.aae_interval;
+        if !interval.is_zero() && !partitions.is_empty() {
+            let every = (interval / partitions.len() as u32).max(Duration::from_millis(10));
+            myself.send_interval(every, || AaeSchedulerMessage::Tick);
+        }
+        Ok(AaeSchedulerState {
+            ctx,
+            partitions,
+            next: 0,
+            busy: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AaeSchedulerMessage>,
+        message: AaeSchedulerMessage,
+        state: &mut AaeSchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AaeSchedulerMessage::Tick if !state.busy => {
+                let partition = state.partitions[state.next % state.partitions.len()];
+                state.next += 1;
+                let partners = anti_entropy::partners(&state.ctx, partition);
+                if partners.is_empty() {
+                    return Ok(());
+                }
+                state.busy = true;
+                let ctx = state.ctx.clone();
+                tokio::spawn(async move {
+                    let (chunk, rate) = (ctx.repair.chunk_keys, ctx.repair.aae_keys_per_sec);
+                    for peer in partners {
+                        match anti_entropy::exchange(&ctx, partition, &peer, chunk, rate).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!(partition, %peer, keys = n, "anti-entropy repaired keys")
+                            }
+                            Err(e) => {
+                                tracing::debug!(partition, %peer, error = %e, "anti-entropy exchange failed")
+                            }
+                        }
+                    }
+                    let _ = myself.cast(AaeSchedulerMessage::Done);
+                });
+            }
+            AaeSchedulerMessage::Tick => {}
+            AaeSchedulerMessage::Done => state.busy = false,
+        }
+        Ok(())
+    }
+}
