@@ -274,6 +274,8 @@ pub struct ConsistencySection {
     pub read_repair_chance: f64,
     /// Writes for a down replica go to fallback nodes as hints that count toward W.
     pub sloppy_quorum: bool,
+    /// A read whose first R replica replies take longer than this also asks the others, ms.
+    pub speculative_read_ms: u64,
 }
 
 impl Default for ConsistencySection {
@@ -284,6 +286,7 @@ impl Default for ConsistencySection {
             request_timeout_ms: 5000,
             read_repair_chance: 0.1,
             sloppy_quorum: true,
+            speculative_read_ms: 50,
         }
     }
 }
@@ -506,6 +509,7 @@ impl ClusterConfig {
             max_in_flight_per_peer: self.node.max_in_flight_per_peer.max(1),
             max_coordinating: self.node.max_coordinating.max(1),
             read_repair_chance: self.consistency.read_repair_chance.clamp(0.0, 1.0),
+            speculative_read_after: Duration::from_millis(self.consistency.speculative_read_ms),
             repair: RepairSettings {
                 sloppy_quorum: self.consistency.sloppy_quorum,
                 handoff_interval: Duration::from_millis(self.repair.handoff_interval_ms.max(10)),

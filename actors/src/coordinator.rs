@@ -62,6 +62,8 @@ pub struct NodeContext {
     pub stats: RequestStats,
     /// Share of reads that ask every replica instead of R, for read repair.
     pub read_repair_chance: f64,
+    /// A read whose first R replies take longer than this also asks the remaining replicas.
+    pub speculative_read_after: Duration,
     /// Batching queues to every peer.
     pub links: std::collections::HashMap<String, PeerLink>,
     /// Writes for down replicas go to fallbacks as hints.
@@ -168,10 +170,24 @@ pub async fn get(
     let mut errors = Vec::new();
     let mut merged = Object::default();
     let mut request = Some(request);
+    // A replica that hangs before the detector knows would hold the read until its deadline:
+    // when the first R replies are late, the spares are asked too.
+    let mut speculate_at =
+        Some(Instant::now() + ctx.speculative_read_after).filter(|_| spares.len() > 0);
     loop {
-        let next = tokio::time::timeout(remaining(deadline), pending.next()).await;
-        let Ok(Some((node, replica_answer))) = next else {
-            break;
+        let wait_for = speculate_at.map_or(deadline, |t| t.min(deadline));
+        let next = tokio::time::timeout(remaining(wait_for), pending.next()).await;
+        let (node, replica_answer) = match next {
+            Ok(Some(answer)) => answer,
+            Ok(None) => break,
+            Err(_) if speculate_at.is_some() && Instant::now() < deadline => {
+                speculate_at = None;
+                for spare in spares.by_ref() {
+                    pending.push(read_replica(&ctx, spare, partition, &key, deadline));
+                }
+                continue;
+            }
+            Err(_) => break,
         };
         let verdict = match replica_answer {
             Ok(object) => {

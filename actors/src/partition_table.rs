@@ -20,6 +20,7 @@ struct Slot {
     live: RwLock<Live>,
     restarts: AtomicU32,
     queued: AtomicU64,
+    quarantined: Mutex<Vec<String>>,
 }
 
 struct Live {
@@ -99,6 +100,16 @@ impl PartitionTable {
             );
             // Dropping the last handle closes the file (a durable commit): not under the lock.
             drop(old);
+        }
+    }
+
+    /// Records a vnode file moved aside as unusable.
+    pub fn note_quarantine(&self, partition: u32, moved_to: String) {
+        if let Some(s) = self.slot(partition) {
+            s.quarantined
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(moved_to);
         }
     }
 
@@ -207,6 +218,11 @@ impl PartitionTable {
                 partition: p as u32,
                 health: s.live.read().unwrap().health,
                 restarts: s.restarts.load(Ordering::Relaxed),
+                quarantined: s
+                    .quarantined
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
             })
             .collect()
     }

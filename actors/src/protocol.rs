@@ -449,6 +449,9 @@ pub struct VnodeInfo {
     pub health: VnodeHealth,
     /// Restarts since the node started.
     pub restarts: u32,
+    /// Unusable files of this partition moved aside since the node started (their new paths).
+    #[serde(default)]
+    pub quarantined: Vec<String>,
 }
 
 /// Which vnode to fail on purpose.

@@ -76,6 +76,8 @@ pub struct NodeSettings {
     pub max_coordinating: u64,
     /// Share of reads that ask every replica, not only R, so all get read-repaired.
     pub read_repair_chance: f64,
+    /// A read whose first R replies take longer than this also asks the remaining replicas.
+    pub speculative_read_after: Duration,
     /// Sloppy quorum, hinted handoff, anti-entropy and tombstone reaping.
     pub repair: RepairSettings,
 }

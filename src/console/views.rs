@@ -92,6 +92,7 @@ pub(super) fn nodes_json<T>(
     ok(json!({ "nodes": nodes }))
 }
 
+/// A table row for a member that did not answer, with why.
 pub(super) fn down_row(id: &str, e: &KvError) -> Vec<String> {
     vec![id.to_string(), "down".into(), format!("({e})")]
 }
@@ -101,6 +102,7 @@ fn not_serving(s: &NodeStatus) -> Vec<VnodeInfo> {
     vnodes.cloned().collect()
 }
 
+/// `status`: each member's ring, durability and vnode health.
 pub(super) async fn status(client: &Client, json: bool) -> Result<Reply, String> {
     let answers = per_node(client, |c, id| async move { c.node_status(&id).await }).await;
     if json {
@@ -147,6 +149,7 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<Reply, String>
     ok(lines.join("\n"))
 }
 
+/// `members`: every answering node's up/down verdict on each member.
 pub(super) async fn members(client: &Client, json: bool) -> Result<Reply, String> {
     let mut views: Vec<(String, Vec<MemberView>)> = Vec::new();
     let mut silent = Vec::new();
@@ -222,6 +225,7 @@ pub(super) async fn first_ring(client: &Client) -> Result<(String, RingView), St
     Err(format!("no member answered: {}", failures.join("; ")))
 }
 
+/// `ring`: partition -> preference list, and vnodes per node.
 pub(super) async fn ring(client: &Client, json: bool) -> Result<Reply, String> {
     let (from, ring) = first_ring(client).await?;
     let counts = vnodes_per_node(&ring, &client.member_ids());
@@ -247,6 +251,7 @@ pub(super) async fn ring(client: &Client, json: bool) -> Result<Reply, String> {
     ok(lines.join("\n"))
 }
 
+/// `stats`: each member's load figures.
 pub(super) async fn stats(client: &Client, json: bool) -> Result<Reply, String> {
     let answers = per_node(client, |c, id| async move { c.stats(&id).await }).await;
     if json {

@@ -187,6 +187,7 @@ impl Actor for NodeSupervisor {
             max_coordinating: settings.max_coordinating,
             stats: RequestStats::default(),
             read_repair_chance: settings.read_repair_chance,
+            speculative_read_after: settings.speculative_read_after,
             sloppy_quorum: settings.repair.sloppy_quorum,
             hints: hints.clone(),
             hints_delivered: Default::default(),

@@ -137,7 +137,13 @@ pub struct VnodeArgs {
     pub table: Arc<PartitionTable>,
     /// Log entries to restore before serving; `None` reads this partition's from the log.
     pub replay: Option<EncodedPairs>,
+    /// Check every page of the file before serving (a restart after a failure).
+    pub verify: bool,
 }
+
+/// Start failures caused by the vnode's file itself carry this prefix: the supervisor moves
+/// such a file aside rather than retrying it.
+pub const UNUSABLE_FILE: &str = "vnode file unusable";
 
 /// A vnode's running state.
 pub struct VnodeState {
@@ -162,7 +168,7 @@ fn now_ms() -> u64 {
 fn open_store(args: &VnodeArgs) -> Result<VnodeStore, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match VnodeStore::open(&args.path, args.cache_bytes) {
+        match VnodeStore::open(&args.path, args.cache_bytes, args.verify) {
             Err(StoreError::Locked) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -183,7 +189,7 @@ impl Actor for Vnode {
     ) -> Result<VnodeState, ActorProcessingErr> {
         let started = Instant::now();
         let store = tokio::task::block_in_place(|| -> Result<VnodeStore, ActorProcessingErr> {
-            let store = open_store(&args)?;
+            let store = open_store(&args).map_err(|e| format!("{UNUSABLE_FILE}: {e}"))?;
             let replay = match args.replay.take() {
                 Some(r) => r,
                 None => {
@@ -205,7 +211,8 @@ impl Actor for Vnode {
         })?;
         let mut tree = MerkleTree::new(DEFAULT_SEGMENTS);
         let digests =
-            tokio::task::block_in_place(|| VnodeStore::digests(&store.reader(), |_| true))?;
+            tokio::task::block_in_place(|| VnodeStore::digests(&store.reader(), |_| true))
+                .map_err(|e| format!("{UNUSABLE_FILE}: {e}"))?;
         for (key, digest) in digests {
             tree.update(&key, None, Some(digest));
         }

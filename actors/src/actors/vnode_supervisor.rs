@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use crate::actors::vnode::{Vnode, VnodeArgs, VnodeMessage};
+use crate::actors::vnode::{UNUSABLE_FILE, Vnode, VnodeArgs, VnodeMessage};
 use crate::core::version::ConflictPolicy;
 use crate::partition_table::PartitionTable;
 use crate::protocol::VnodeHealth;
@@ -85,6 +85,7 @@ impl VnodeSupervisorState {
         myself: &ActorRef<VnodeSupervisorMessage>,
         partition: u32,
         replay: Option<EncodedPairs>,
+        verify: bool,
     ) -> Result<(), ActorProcessingErr> {
         let a = &self.args;
         let args = VnodeArgs {
@@ -100,11 +101,63 @@ impl VnodeSupervisorState {
             batch_max_bytes: a.batch_max_bytes,
             table: a.table.clone(),
             replay,
+            verify,
         };
         let cell: ActorCell = myself.get_cell();
         let (vnode, _) = Actor::spawn_linked(None, Vnode, args, cell).await?;
         self.by_actor.insert(vnode.get_id(), partition);
         Ok(())
+    }
+
+    /// Starts `partition`'s vnode. When its file is unusable (will not open, fails its
+    /// integrity check, cannot be read), the file is moved aside, kept for inspection, and the
+    /// vnode starts on an empty one: the commit log restores its latest writes and
+    /// anti-entropy the rest, while every other partition keeps serving. Returns whether it
+    /// serves.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<VnodeSupervisorMessage>,
+        partition: u32,
+        replay: Option<EncodedPairs>,
+        verify: bool,
+    ) -> bool {
+        let error = match self.spawn(myself, partition, replay.clone(), verify).await {
+            Ok(()) => return true,
+            Err(e) => e.to_string(),
+        };
+        self.args.table.withdraw(partition, VnodeHealth::Starting);
+        if !error.contains(UNUSABLE_FILE) {
+            tracing::error!(partition, %error, "vnode cannot start; left stopped");
+            self.args.table.withdraw(partition, VnodeHealth::Failed);
+            return false;
+        }
+        let path = vnode_path(&self.args.node_dir, partition);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = path.with_extension(format!("redb.quarantined-{stamp}"));
+        if let Err(e) = std::fs::rename(&path, &aside) {
+            tracing::error!(partition, %error, rename_error = %e, "vnode file unusable and cannot be moved aside; left stopped");
+            self.args.table.withdraw(partition, VnodeHealth::Failed);
+            return false;
+        }
+        tracing::error!(
+            partition,
+            %error,
+            moved_to = %aside.display(),
+            "vnode file unusable: moved aside; starting empty, anti-entropy refills it from replicas"
+        );
+        self.args
+            .table
+            .note_quarantine(partition, aside.display().to_string());
+        match self.spawn(myself, partition, replay, false).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "vnode failed to start on an empty file; left stopped");
+                self.args.table.withdraw(partition, VnodeHealth::Failed);
+                false
+            }
+        }
     }
 
     /// Counts a restart and says whether the budget still allows it.
@@ -168,7 +221,7 @@ impl Actor for VnodeSupervisor {
         };
         for p in partitions {
             let entries = replay.remove(&p).unwrap_or_default();
-            state.spawn(&myself, p, Some(entries)).await?;
+            state.start(&myself, p, Some(entries), false).await;
         }
         Ok(state)
     }
@@ -232,10 +285,9 @@ impl Actor for VnodeSupervisor {
         }
         state.args.table.note_restart(partition);
         tracing::warn!(partition, %reason, "vnode stopped; restarting");
-        if let Err(e) = state.spawn(&myself, partition, None).await {
-            state.args.table.withdraw(partition, VnodeHealth::Failed);
-            tracing::error!(partition, error = %e, "vnode failed to restart; left stopped");
-        }
+        // A restart after a failure checks the whole file first: a damaged file is the usual
+        // reason for a vnode that keeps failing.
+        state.start(&myself, partition, None, true).await;
         Ok(())
     }
 }

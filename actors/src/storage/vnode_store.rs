@@ -36,15 +36,27 @@ pub struct VnodeStore {
 pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl VnodeStore {
-    /// Opens (or creates) the file with a bounded page cache and makes sure the table exists.
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<VnodeStore, StoreError> {
-        let db = Database::builder()
+    /// Opens (or creates) the file with a bounded page cache and makes sure the table exists;
+    /// with `verify`, first walks the whole file checking every page (redb repairs what it
+    /// can; a file it cannot repair is an error).
+    pub fn open(path: &Path, cache_bytes: usize, verify: bool) -> Result<VnodeStore, StoreError> {
+        let mut db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked,
                 e => err("open", e),
             })?;
+        if verify {
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    file = %path.display(),
+                    "vnode file was damaged and repaired; anti-entropy restores what was lost"
+                ),
+                Err(e) => return Err(err("integrity check", e)),
+            }
+        }
         let txn = db.begin_write().map_err(|e| err("begin", e))?;
         txn.open_table(DATA).map_err(|e| err("table", e))?;
         txn.commit().map_err(|e| err("commit", e))?;
