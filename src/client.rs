@@ -18,8 +18,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
-    AaeRound, AaeView, AdminMessage, CrashVnodeRequest, GetReply, GetRequest, MemberView, NodeStats, NodeStatus,
-    PingReply, PingRequest, PutReply, PutRequest, RingView, RouterMessage, Wire, admin_group,
+    GetReply, GetRequest, PingReply, PingRequest, PutReply, PutRequest, RouterMessage, Wire,
     router_group,
 };
 use serde_bytes::ByteBuf;
@@ -27,6 +26,9 @@ use serde_bytes::ByteBuf;
 pub use ringkv_actors::protocol::KvError;
 
 use crate::config::ClusterConfig;
+
+mod admin;
+mod suspects;
 
 /// Where the cluster is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Ring size and replication factor, when known: requests then go straight to a replica.
     pub ring: Option<(u32, usize)>,
+    /// Longest one node may hold a request before it is tried elsewhere (once) and suspected.
+    pub attempt_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -62,6 +66,7 @@ impl ClientConfig {
             timeout: Duration::from_millis(cfg.client.timeout_ms),
             connect_timeout: Duration::from_millis(cfg.client.connect_timeout_ms),
             ring: Some((cfg.cluster.partitions, cfg.cluster.replicas)),
+            attempt_timeout: Duration::from_millis(cfg.client.attempt_timeout_ms),
         }
     }
 }
@@ -140,6 +145,7 @@ struct Inner {
     ring: Option<Ring>,
     next: AtomicUsize,
     last_dial: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    suspects: suspects::Suspects,
 }
 
 /// Handle on this process's one client node.
@@ -254,6 +260,7 @@ impl Client {
                 ring,
                 next: AtomicUsize::new(0),
                 last_dial: Default::default(),
+                suspects: Default::default(),
             }),
         };
         let cfg = &client.inner.config;
@@ -412,9 +419,10 @@ impl Client {
         order
     }
 
-    /// Sends a request to the best reachable node, moving to the next one when the connection
-    /// to a node is lost. A write retried this way may be applied twice; both versions carry
-    /// the same bytes and read back as one value.
+    /// Sends a request to the best reachable node, moving to the next one (once) when the
+    /// connection to a node is lost or the node holds the request past the attempt timeout
+    /// (it is then suspected for a while and tried last). A write retried this way may be
+    /// applied twice; both versions carry the same bytes and read back as one value.
     async fn send<R, F>(
         &self,
         key: &[u8],
@@ -430,25 +438,45 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let n = self.inner.next.load(Ordering::Relaxed);
         let mut last = KvError::NotConnected("no member is reachable".into());
-        let mut lost_once = false;
+        let mut retried = false;
         let nodes = match via {
             Some(id) => vec![id.to_string()],
-            None => self.candidates(Some(key), write),
+            None => {
+                let mut nodes = self.candidates(Some(key), write);
+                self.inner.suspects.order(&mut nodes);
+                nodes
+            }
         };
-        for node in nodes {
-            let Some(router) = self.router_of(&node, n) else {
+        for (i, node) in nodes.iter().enumerate() {
+            let Some(router) = self.router_of(node, n) else {
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(KvError::Timeout);
             }
-            match self.call(router, left, &msg).await {
-                Err(KvError::NotConnected(m)) if !lost_once => {
-                    lost_once = true;
+            let may_retry = !retried && i + 1 < nodes.len();
+            let attempt = if may_retry {
+                left.min(self.inner.config.attempt_timeout)
+            } else {
+                left
+            };
+            match self.call(router, attempt, &msg).await {
+                Err(KvError::NotConnected(m)) if !retried => {
+                    retried = true;
                     last = KvError::NotConnected(m);
                 }
-                other => return other,
+                Err(KvError::Timeout) if may_retry && attempt < left => {
+                    self.inner.suspects.suspect(node);
+                    retried = true;
+                    last = KvError::Timeout;
+                }
+                other => {
+                    if other.is_ok() {
+                        self.inner.suspects.clear(node);
+                    }
+                    return other;
+                }
             }
         }
         Err(last)
@@ -583,112 +611,6 @@ impl Client {
             Ok(CallResult::Success(Wire(Ok(PingReply { node })))) => Ok(node),
             Ok(CallResult::Timeout) => Err(KvError::Timeout),
             _ => Err(KvError::NotConnected("ping failed".into())),
-        }
-    }
-
-    /// The admin actor of `node`, when connected; otherwise re-dials it in the background.
-    fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
-        match ractor::pg::get_members(&admin_group(node))
-            .into_iter()
-            .next()
-        {
-            Some(a) => Ok(a.into()),
-            None => {
-                self.redial(node);
-                Err(KvError::NotConnected(format!(
-                    "node {node} is not reachable"
-                )))
-            }
-        }
-    }
-
-    async fn admin_call<T, F>(&self, node: &str, msg: F) -> Result<T, KvError>
-    where
-        T: Send + 'static,
-        F: FnOnce(RpcReplyPort<Wire<T>>) -> AdminMessage,
-    {
-        let admin = self.admin(node)?;
-        match admin.call(msg, Some(self.timeout(None))).await {
-            Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
-            Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
-        }
-    }
-
-    /// A node's anti-entropy view: per local partition, merkle root, last exchange, repairs.
-    pub async fn aae(&self, node: &str) -> Result<AaeView, KvError> {
-        self.admin_call(node, |p| AdminMessage::Aae(Wire::new(PingRequest {}), p))
-            .await
-    }
-
-    /// Runs one anti-entropy round on `node` now (every local partition with each replica);
-    /// answers when it is done, so the timeout should allow for the repairs.
-    pub async fn aae_run(&self, node: &str, timeout: Duration) -> Result<AaeRound, KvError> {
-        let admin = self.admin(node)?;
-        match admin
-            .call(
-                |p| AdminMessage::AaeRun(Wire::new(PingRequest {}), p),
-                Some(timeout),
-            )
-            .await
-        {
-            Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
-            Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
-        }
-    }
-
-    /// A node's status from its admin actor.
-    pub async fn node_status(&self, node: &str) -> Result<NodeStatus, KvError> {
-        self.admin_call(node, |p| AdminMessage::Status(Wire::new(PingRequest {}), p))
-            .await
-    }
-
-    /// The members as `node`'s failure detector sees them.
-    pub async fn members(&self, node: &str) -> Result<Vec<MemberView>, KvError> {
-        self.admin_call(node, |p| {
-            AdminMessage::Members(Wire::new(PingRequest {}), p)
-        })
-        .await
-    }
-
-    /// The ring as `node` sees it.
-    pub async fn ring(&self, node: &str) -> Result<RingView, KvError> {
-        self.admin_call(node, |p| AdminMessage::Ring(Wire::new(PingRequest {}), p))
-            .await
-    }
-
-    /// `node`'s load figures.
-    pub async fn stats(&self, node: &str) -> Result<NodeStats, KvError> {
-        self.admin_call(node, |p| AdminMessage::Stats(Wire::new(PingRequest {}), p))
-            .await
-    }
-
-    /// Ids of the members in the configuration, in order.
-    pub fn member_ids(&self) -> Vec<String> {
-        self.inner
-            .config
-            .members
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// Makes one vnode of `node` fail so its supervisor restarts it (fault drills and tests).
-    pub async fn crash_vnode(&self, node: &str, partition: u32) -> Result<(), KvError> {
-        let admin = self.admin(node)?;
-        match admin
-            .call(
-                |port| AdminMessage::CrashVnode(Wire::new(CrashVnodeRequest { partition }), port),
-                Some(self.timeout(None)),
-            )
-            .await
-        {
-            Ok(CallResult::Success(Wire(Ok(result)))) => result,
-            Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            _ => Err(KvError::NotConnected(format!(
-                "crash-vnode on {node} failed"
-            ))),
         }
     }
 }

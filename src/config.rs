@@ -317,6 +317,8 @@ pub struct ClientSection {
     pub timeout_ms: u64,
     /// How long connecting may take, ms.
     pub connect_timeout_ms: u64,
+    /// Longest one node may hold a request before the client tries another node, ms.
+    pub attempt_timeout_ms: u64,
 }
 
 impl Default for ClientSection {
@@ -324,6 +326,7 @@ impl Default for ClientSection {
         ClientSection {
             timeout_ms: 5000,
             connect_timeout_ms: 5000,
+            attempt_timeout_ms: 1000,
         }
     }
 }
