@@ -143,3 +143,76 @@ async fn the_scheduler_converges_replicas_on_its_own() {
     let n3 = c.ids[2].clone();
     assert_node_has(&client, &n3, &kept, &deleted).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstones_are_reaped_only_once_every_replica_has_them() {
+    let extra = "[consistency]\nread_repair_chance = 0.0\n[repair]\naae_interval_ms = 0\ntombstone_grace_secs = 0\n";
+    let mut c = TestCluster::start_replicated("ar", 3, 3, extra).await;
+    let client = c.client().await;
+    let all = RequestOptions {
+        w: Some(Consistency::All),
+        ..Default::default()
+    };
+    let keys: Vec<String> = (0..50).map(|i| format!("t{i}")).collect();
+    for k in &keys {
+        client.put_with(k, "old", &all).await.unwrap();
+    }
+    // n3 keeps the old values while the others delete them.
+    c.kill(2);
+    let (cl, n1, n3) = (client.clone(), c.ids[0].clone(), c.ids[2].clone());
+    wait_until("n1 to see n3 down", Duration::from_secs(20), move || {
+        let (cl, n1, n3) = (cl.clone(), n1.clone(), n3.clone());
+        async move {
+            cl.members(&n1)
+                .await
+                .is_ok_and(|m| m.iter().any(|v| v.id == n3 && !v.up))
+        }
+    })
+    .await;
+    for k in &keys {
+        let ctx = client.get(k).await.unwrap().context;
+        let o = RequestOptions {
+            context: Some(ctx),
+            ..Default::default()
+        };
+        client.delete_with(k, &o).await.unwrap();
+    }
+    for id in &c.ids[..2] {
+        let round = client.aae_run(id, Duration::from_secs(120)).await.unwrap();
+        assert_eq!(
+            round.tombstones_reaped, 0,
+            "{id} reaped with a replica down"
+        );
+    }
+
+    c.spawn(2);
+    c.wait_ready().await;
+    let mut reaped = 0;
+    for id in &c.ids {
+        let round = client.aae_run(id, Duration::from_secs(120)).await.unwrap();
+        assert!(round.errors.is_empty(), "{id}: {:?}", round.errors);
+        reaped += round.tombstones_reaped;
+    }
+    assert_eq!(
+        reaped,
+        keys.len() as u64,
+        "every tombstone reaped once all had it"
+    );
+    for k in &keys {
+        let r = client
+            .get_with(k, &opts(Some(Consistency::All), None))
+            .await
+            .unwrap();
+        assert!(!r.found(), "{k} came back: {:?}", r.values);
+    }
+    let after = roots(&client, &c.ids).await;
+    assert!(all_equal(&after), "roots differ after reaping: {after:?}");
+    for id in &c.ids {
+        let round = client.aae_run(id, Duration::from_secs(120)).await.unwrap();
+        assert_eq!(
+            (round.keys_repaired, round.tombstones_reaped),
+            (0, 0),
+            "{id}"
+        );
+    }
+}

@@ -20,6 +20,7 @@ use crate::core::version::Object;
 use crate::protocol::{
     AaePartition, AaeRound, KeyDigest, KvError, ReplicaMessage, SegmentRequest, TreeRequest, Wire,
 };
+use crate::reaper;
 use crate::replica_io::{merge_local, read_replica, write_replica};
 
 /// Segments asked for per key listing, bounding one answer to a few per mille of a partition.
@@ -226,6 +227,12 @@ pub async fn round(ctx: &Arc<NodeContext>, chunk: usize, keys_per_sec: u32) -> A
                     .errors
                     .push(format!("partition {partition} with {peer}: {e}")),
             }
+        }
+        match reaper::reap_partition(ctx, partition).await {
+            Ok(n) => out.tombstones_reaped += n,
+            Err(e) => out
+                .errors
+                .push(format!("partition {partition} tombstones: {e}")),
         }
     }
     out.millis = started.elapsed().as_millis() as u64;

@@ -12,6 +12,7 @@ pub mod partition_table;
 pub mod peer_link;
 pub mod peer_table;
 pub mod protocol;
+pub mod reaper;
 pub mod replica_io;
 pub mod request_stats;
 pub mod settings;

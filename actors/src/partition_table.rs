@@ -169,6 +169,12 @@ impl PartitionTable {
         VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string()))
     }
 
+    /// A read handle on `partition`'s file, when its vnode is serving.
+    pub fn reader(&self, partition: u32) -> Option<Arc<Database>> {
+        let live = self.slot(partition)?.live.read().unwrap();
+        live.reader.as_ref().map(|(db, _)| db.clone())
+    }
+
     /// A copy of `partition`'s merkle tree, when its vnode is serving.
     pub fn tree(&self, partition: u32) -> Option<MerkleTree> {
         let tree = self.slot(partition)?.live.read().unwrap().tree.clone()?;

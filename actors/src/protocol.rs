@@ -287,6 +287,28 @@ pub enum ReplicaMessage {
         Wire<SegmentRequest>,
         RpcReplyPort<Wire<Result<Vec<KeyDigest>, KvError>>>,
     ),
+    /// How many hints this node keeps for any replica of a partition (tombstone reaping).
+    #[rpc]
+    HintsFor(Wire<HintsQuery>, RpcReplyPort<Wire<Result<u64, KvError>>>),
+    /// Remove tombstones that every replica holds; each only if its digest still matches.
+    #[rpc]
+    Reap(Wire<ReapRequest>, RpcReplyPort<Wire<Result<u64, KvError>>>),
+}
+
+/// Asks how many hints a node keeps for a partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HintsQuery {
+    /// The partition.
+    pub partition: u32,
+}
+
+/// Tombstones to remove from one partition, with the digests checked on every replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReapRequest {
+    /// The partition.
+    pub partition: u32,
+    /// The tombstones.
+    pub keys: Vec<KeyDigest>,
 }
 
 /// Asks for the hashes of `indices` at `level` of a partition's merkle tree.
@@ -355,6 +377,9 @@ pub struct AaeRound {
     pub exchanges: u64,
     /// Keys repaired.
     pub keys_repaired: u64,
+    /// Tombstones removed (every replica held them and the grace period had passed).
+    #[serde(default)]
+    pub tombstones_reaped: u64,
     /// Wall-clock duration, ms.
     pub millis: u64,
     /// Exchanges that failed, with why.

@@ -10,6 +10,7 @@ use ractor_cluster::RactorMessage;
 
 use crate::anti_entropy;
 use crate::coordinator::NodeContext;
+use crate::reaper;
 
 /// The anti-entropy scheduler actor.
 #[derive(Debug, Default)]
@@ -67,9 +68,6 @@ impl Actor for AaeScheduler {
                 let partition = state.partitions[state.next % state.partitions.len()];
                 state.next += 1;
                 let partners = anti_entropy::partners(&state.ctx, partition);
-                if partners.is_empty() {
-                    return Ok(());
-                }
                 state.busy = true;
                 let ctx = state.ctx.clone();
                 tokio::spawn(async move {
@@ -83,6 +81,13 @@ impl Actor for AaeScheduler {
                             Err(e) => {
                                 tracing::debug!(partition, %peer, error = %e, "anti-entropy exchange failed")
                             }
+                        }
+                    }
+                    match reaper::reap_partition(&ctx, partition).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(partition, tombstones = n, "tombstones reaped"),
+                        Err(e) => {
+                            tracing::debug!(partition, error = %e, "tombstone reaping failed")
                         }
                     }
                     let _ = myself.cast(AaeSchedulerMessage::Done);

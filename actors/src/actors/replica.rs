@@ -14,6 +14,7 @@ use crate::protocol::{
     Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
     Wire, WriteBatchReply,
 };
+use crate::reaper;
 use crate::replica_io;
 use crate::storage::hint_store::Hint;
 
@@ -105,6 +106,27 @@ impl Actor for Replica {
                 Ok(req) => {
                     tokio::spawn(async move {
                         let r = anti_entropy::answer_keys(&ctx, req).await;
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+            ReplicaMessage::HintsFor(Wire(req), reply) => {
+                let r = match req {
+                    Err(e) => Err(malformed("hint query", e)),
+                    Ok(q) => ctx
+                        .hints
+                        .count_for_partition(q.partition)
+                        .map_err(|e| KvError::Storage(e.to_string())),
+                };
+                let _ = reply.send(Wire::new(r));
+            }
+            ReplicaMessage::Reap(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("reap", e))));
+                }
+                Ok(req) => {
+                    tokio::spawn(async move {
+                        let r = reaper::reap_local(&ctx, req).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }

@@ -105,6 +105,9 @@ pub enum VnodeMessage {
     Flush(RpcReplyPort<Result<(), String>>),
     /// Fail on purpose so the supervisor restarts this vnode (fault injection).
     Crash,
+    /// Remove these tombstones, each only if its object still has the given digest; answers
+    /// how many were removed.
+    Reap(Vec<(Vec<u8>, u64)>, oneshot::Sender<u64>),
 }
 
 /// The vnode actor.
@@ -273,6 +276,11 @@ impl Actor for Vnode {
                 if failed {
                     return Err("vnode checkpoint failed".into());
                 }
+            }
+            VnodeMessage::Reap(keys, reply) => {
+                commit(state)?;
+                let removed = reap(state, keys)?;
+                let _ = reply.send(removed);
             }
             VnodeMessage::Crash => {
                 tracing::warn!(partition = state.args.partition, "vnode crash requested");
@@ -498,6 +506,32 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         myself_flush_after(state);
     }
     Ok(())
+}
+
+/// Removes the tombstones whose current object still has the digest the reaper checked on
+/// every replica; anything written since is kept.
+fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorProcessingErr> {
+    let mut gone = Vec::new();
+    for (key, digest) in keys {
+        let current = match state.memtable.get(&key) {
+            Some(o) => Some(o),
+            None => VnodeStore::read(&state.store.reader(), &key)?,
+        };
+        if current.is_some_and(|o| o.is_deleted() && o.digest() == digest) {
+            gone.push((key, digest));
+        }
+    }
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<Vec<u8>> = gone.iter().map(|(k, _)| k.clone()).collect();
+    tokio::task::block_in_place(|| state.store.remove(&keys))?;
+    let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
+    for (key, digest) in &gone {
+        state.memtable.remove(key);
+        tree.update(key, Some(*digest), None);
+    }
+    Ok(gone.len() as u64)
 }
 
 /// Keys a memtable holds before it is flushed at once.

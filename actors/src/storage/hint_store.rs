@@ -116,6 +116,20 @@ impl HintStore {
         Ok(owners)
     }
 
+    /// Hints waiting for any owner in `partition`.
+    pub fn count_for_partition(&self, partition: u32) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
+        let mut n = 0;
+        for entry in table.iter().map_err(|e| err("iter", e))? {
+            let (k, _) = entry.map_err(|e| err("iter", e))?;
+            if k.value().1 == partition {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Hints waiting in total.
     pub fn len(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;

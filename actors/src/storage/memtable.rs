@@ -66,6 +66,14 @@ impl Memtable {
             .collect()
     }
 
+    /// Forgets one key.
+    pub fn remove(&self, key: &[u8]) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// Number of keys held.
     pub fn len(&self) -> usize {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).len()

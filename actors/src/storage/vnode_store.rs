@@ -171,6 +171,47 @@ impl VnodeStore {
         txn.commit().map_err(|e| err("commit", e))
     }
 
+    /// Tombstones (objects with nothing live) whose newest version is older than
+    /// `older_than_ms` (wall clock), with their digests, in key order; at most `limit`.
+    pub fn tombstones(
+        db: &Database,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| err("iter", e))? {
+            let (k, v) = entry.map_err(|e| err("iter", e))?;
+            let Ok(o) = decode_object(v.value()) else {
+                continue;
+            };
+            let newest = o.siblings.iter().map(|s| s.timestamp_ms).max();
+            if o.is_deleted() && newest.is_some_and(|t| t < older_than_ms) {
+                out.push((k.value().to_vec(), o.digest()));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes keys in one in-memory transaction (durable with the next checkpoint; a crash
+    /// before it brings the removed tombstones back, which is harmless).
+    pub fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| err("durability", e))?;
+        {
+            let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+            for k in keys {
+                table.remove(k.as_slice()).map_err(|e| err("remove", e))?;
+            }
+        }
+        txn.commit().map_err(|e| err("commit", e))
+    }
+
     /// Makes every earlier in-memory commit durable with one empty durable commit.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;

@@ -1,0 +1,138 @@
+//! Tombstone reaping: a deleted key's tombstone is removed only once every replica holds the
+//! same tombstone, no node keeps a hint for the partition, and the grace period has passed.
+//!
+//! Why every condition: a tombstone is what stops an older copy of the value from coming back
+//! through anti-entropy or handoff. Every replica holding the identical tombstone means no
+//! replica holds an older value; no hints anywhere means no fallback holds one either; and
+//! requiring every member up means no unreachable node can hold one. Each replica removes the
+//! key only if its object is still that tombstone, so a write racing the reap is kept.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::rpc::CallResult;
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::actors::vnode::VnodeMessage;
+use crate::coordinator::NodeContext;
+use crate::protocol::{HintsQuery, KeyDigest, KvError, ReapRequest, ReplicaMessage, Wire};
+use crate::replica_io::read_replica;
+use crate::storage::vnode_store::VnodeStore;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn call<T: Send + 'static>(
+    ctx: &NodeContext,
+    peer: &str,
+    msg: impl FnOnce(ractor::RpcReplyPort<Wire<Result<T, KvError>>>) -> ReplicaMessage,
+) -> Result<T, KvError> {
+    let replica = ctx
+        .peers
+        .replica(peer)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    match replica.call(msg, Some(CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(Wire(Ok(r)))) => r,
+        Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(e.to_string())),
+        Ok(CallResult::Timeout) => Err(KvError::Timeout),
+        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+    }
+}
+
+/// Reaps eligible tombstones of `partition` when this node is its first replica (one reaper
+/// per partition); returns how many keys were removed on every replica.
+pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u64, KvError> {
+    let prefs = ctx.ring.preference_list(partition).to_vec();
+    if prefs.first() != Some(&ctx.node_id) {
+        return Ok(0);
+    }
+    let members = ctx.peers.view();
+    if members.iter().any(|m| !m.up) {
+        return Ok(0);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let older_than = now.saturating_sub(ctx.repair.tombstone_grace.as_millis() as u64);
+    let (table, chunk) = (ctx.table.clone(), ctx.repair.chunk_keys);
+    let candidates = tokio::task::spawn_blocking(move || {
+        table
+            .reader(partition)
+            .map(|db| VnodeStore::tombstones(&db, older_than, chunk))
+    })
+    .await
+    .map_err(|e| KvError::Storage(e.to_string()))?
+    .ok_or(KvError::Unavailable { needed: 1, got: 0 })?
+    .map_err(|e| KvError::Storage(e.to_string()))?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    // No hint for this partition anywhere: a fallback might hold an older value.
+    let local_hints = ctx
+        .hints
+        .count_for_partition(partition)
+        .map_err(|e| KvError::Storage(e.to_string()))?;
+    if local_hints > 0 {
+        return Ok(0);
+    }
+    for m in members.iter().filter(|m| m.id != ctx.node_id) {
+        let q = HintsQuery { partition };
+        if call(ctx, &m.id, |p| ReplicaMessage::HintsFor(Wire::new(q), p)).await? > 0 {
+            return Ok(0);
+        }
+    }
+    // Every other replica holds the very same tombstone.
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    let mut agreed = Vec::new();
+    for (key, digest) in candidates {
+        let mut same = true;
+        for peer in prefs.iter().filter(|n| **n != ctx.node_id) {
+            let (_, r) = read_replica(ctx, peer.clone(), partition, &key, deadline).await;
+            if !r?.is_some_and(|o| o.is_deleted() && o.digest() == digest) {
+                same = false;
+                break;
+            }
+        }
+        if same {
+            agreed.push((key, digest));
+        }
+    }
+    if agreed.is_empty() {
+        return Ok(0);
+    }
+    let req = ReapRequest {
+        partition,
+        keys: agreed
+            .iter()
+            .map(|(k, d)| KeyDigest {
+                key: ByteBuf::from(k.clone()),
+                digest: *d,
+            })
+            .collect(),
+    };
+    for peer in prefs.iter().filter(|n| **n != ctx.node_id) {
+        let r = req.clone();
+        call(ctx, peer, |p| ReplicaMessage::Reap(Wire::new(r), p)).await?;
+    }
+    reap_local(ctx, req).await
+}
+
+/// Removes the named tombstones from this node's vnode of the partition.
+pub async fn reap_local(ctx: &NodeContext, req: ReapRequest) -> Result<u64, KvError> {
+    let (tx, rx) = oneshot::channel();
+    let keys = req
+        .keys
+        .into_iter()
+        .map(|k| (k.key.into_vec(), k.digest))
+        .collect();
+    ctx.table
+        .vnode(req.partition)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?
+        .cast(VnodeMessage::Reap(keys, tx))
+        .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
+    match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        Err(_) => Err(KvError::Timeout),
+    }
+}
