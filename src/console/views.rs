@@ -113,11 +113,14 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<Reply, String>
                 "ring_agreed": s.ring_agreed, "durability": s.durability,
                 "partitions": s.partitions, "vnodes_serving": s.vnodes.len() - bad.len(),
                 "vnodes_total": s.vnodes.len(), "not_serving": bad,
+                "hints_waiting": s.hints_waiting, "hints_delivered": s.hints_delivered,
+                "quarantined": s.vnodes.iter().flat_map(|v| v.quarantined.clone()).collect::<Vec<_>>(),
             })
         });
     }
-    let mut rows = header("NODE|STATE|RING HASH|AGREED|DURABILITY|VNODES");
+    let mut rows = header("NODE|STATE|RING HASH|AGREED|DURABILITY|VNODES|HINTS");
     let mut notes = vec!["vnodes not serving:".to_string()];
+    let mut moved = vec!["vnode files moved aside:".to_string()];
     for (id, answer) in &answers {
         let s = match answer {
             Ok(s) => s,
@@ -134,7 +137,15 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<Reply, String>
             if s.ring_agreed { "yes" } else { "no" }.into(),
             s.durability.clone(),
             format!("{}/{}", s.vnodes.len() - bad.len(), s.vnodes.len()),
+            s.hints_waiting.to_string(),
         ]);
+        for v in &s.vnodes {
+            moved.extend(
+                v.quarantined
+                    .iter()
+                    .map(|f| format!("  {id} partition {}: {f}", v.partition)),
+            );
+        }
         notes.extend(bad.iter().map(|v| {
             format!(
                 "  {id} partition {}: {:?}, {} restarts",
@@ -143,8 +154,10 @@ pub(super) async fn status(client: &Client, json: bool) -> Result<Reply, String>
         }));
     }
     let mut lines = table(rows);
-    if notes.len() > 1 {
-        lines.extend(notes);
+    for extra in [notes, moved] {
+        if extra.len() > 1 {
+            lines.extend(extra);
+        }
     }
     ok(lines.join("\n"))
 }
