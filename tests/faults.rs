@@ -13,7 +13,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::checker::check;
@@ -22,11 +21,12 @@ use common::workload::{self, Route, Run, WorkloadOptions};
 use common::{TestCluster, wait_until};
 use ringkv::Client;
 use ringkv_actors::core::quorum::Consistency;
+use tokio::sync::{Mutex, MutexGuard};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+async fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 /// A fast detector, frequent handoff, no scheduled anti-entropy (the test runs one round).
@@ -127,7 +127,7 @@ async fn converge_and_check(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_and_restart() {
-    let _one = serial();
+    let _one = serial().await;
     let mut c = TestCluster::start_replicated("fk", 3, 3, CONFIG).await;
     let client = c.client().await;
     let opts = options(&c, "fk");
@@ -144,7 +144,7 @@ async fn sigkill_and_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigstop_and_sigcont() {
-    let _one = serial();
+    let _one = serial().await;
     let mut c = TestCluster::start_replicated("fs", 3, 3, CONFIG).await;
     let client = c.client().await;
     let opts = options(&c, "fs");
@@ -162,7 +162,7 @@ async fn sigstop_and_sigcont() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vnode_file_destroyed_under_load() {
-    let _one = serial();
+    let _one = serial().await;
     let mut c = TestCluster::start_replicated("fv", 3, 3, CONFIG).await;
     let client = c.client().await;
     let opts = options(&c, "fv");
@@ -196,7 +196,7 @@ async fn a_vnode_file_destroyed_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_node_cut_off() {
-    let _one = serial();
+    let _one = serial().await;
     let Some(fw) = netfault::firewall_or_skip("one_node_cut_off").await else {
         return;
     };
@@ -216,7 +216,7 @@ async fn one_node_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_cut_in_two_halves() {
-    let _one = serial();
+    let _one = serial().await;
     let Some(fw) = netfault::firewall_or_skip("cluster_cut_in_two_halves").await else {
         return;
     };
@@ -239,7 +239,7 @@ async fn cluster_cut_in_two_halves() {
 async fn repair_switched_off_leaves_replicas_apart() {
     // Negative control for the convergence criterion: without anti-entropy, hints or read
     // repair, a replica that was down stays behind and the merkle roots say so.
-    let _one = serial();
+    let _one = serial().await;
     let extra = "[node]\nheartbeat_ms = 100\nmissed_heartbeats = 3\n[consistency]\nread_repair_chance = 0.0\n[repair]\naae_interval_ms = 0\n";
     let mut c = TestCluster::start_replicated("fn", 3, 3, extra).await;
     let client = c.client().await;
