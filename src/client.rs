@@ -467,7 +467,9 @@ impl Client {
                     last = KvError::NotConnected(m);
                 }
                 Err(KvError::Timeout) if may_retry && attempt < left => {
-                    self.inner.suspects.suspect(node);
+                    if self.inner.suspects.suspect(node) {
+                        self.probe(node);
+                    }
                     retried = true;
                     last = KvError::Timeout;
                 }
@@ -595,6 +597,37 @@ impl Client {
             values: reply.values.into_iter().map(ByteBuf::into_vec).collect(),
             context: Context(reply.context.into_vec()),
         })
+    }
+
+    /// Probes a suspected node until it answers a ping, then clears the suspicion. Holds the
+    /// client weakly: probing ends with the last handle.
+    fn probe(&self, node: &str) {
+        let Ok(cn) = client_node(&self.inner.config.cookie) else {
+            return;
+        };
+        let (inner, node) = (Arc::downgrade(&self.inner), node.to_string());
+        cn.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(suspects::PROBE_EVERY).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let client = Client { inner };
+                let Some(router) = client.router_of(&node, 0) else {
+                    continue;
+                };
+                let ping = router
+                    .call(
+                        |port| RouterMessage::Ping(Wire::new(PingRequest {}), port),
+                        Some(suspects::PROBE_EVERY),
+                    )
+                    .await;
+                if matches!(ping, Ok(CallResult::Success(_))) {
+                    client.inner.suspects.clear(&node);
+                    return;
+                }
+            }
+        });
     }
 
     /// One bare round trip to a router of `node` (any node when `None`); returns who answered.
