@@ -104,7 +104,7 @@ enum Cmd {
         #[arg(long)]
         progress: bool,
     },
-    /// Interactive admin console (status, members, ring, stats, get/put/delete).
+    /// Interactive admin console (status, members, ring, stats, aae, get/put/delete).
     Console {
         /// Run this one console command, print its result and exit with its exit code.
         #[arg(short = 'c', long)]

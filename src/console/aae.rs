@@ -155,7 +155,7 @@ pub(super) async fn aae_run(client: &Client, json: bool) -> Result<Reply, String
     if json {
         return nodes_json(&answers, "node", |r| json!(r));
     }
-    let mut rows = header("NODE|EXCHANGES|REPAIRED|MS|ERRORS");
+    let mut rows = header("NODE|EXCHANGES|REPAIRED|REAPED|MS|ERRORS");
     let mut notes = vec!["errors:".to_string()];
     for (id, answer) in &answers {
         rows.push(match answer {
@@ -165,6 +165,7 @@ pub(super) async fn aae_run(client: &Client, json: bool) -> Result<Reply, String
                     id.clone(),
                     r.exchanges.to_string(),
                     r.keys_repaired.to_string(),
+                    r.tombstones_reaped.to_string(),
                     r.millis.to_string(),
                     r.errors.len().to_string(),
                 ]
