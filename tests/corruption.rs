@@ -111,3 +111,44 @@ async fn a_destroyed_vnode_file_is_moved_aside_and_refilled_by_anti_entropy() {
         assert_eq!(r.values, vec![value(k)]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_replicas_a_damaged_file_is_left_in_place_and_its_partition_stopped() {
+    let mut c = TestCluster::start("cs", 1, "").await;
+    let client = c.client().await;
+    let node = c.ids[0].clone();
+    let q = client.ring(&node).await.unwrap().partitions;
+    let keys: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    for k in &keys {
+        client.put(k, k).await.unwrap();
+    }
+    let target = partition_of(keys[0].as_bytes(), q);
+    assert!(c.stop(0), "clean stop");
+    let file = c.node_dir(0).join(format!("vnode-{target}.redb"));
+    let len = std::fs::metadata(&file).unwrap().len() as usize;
+    std::fs::write(&file, vec![0xA5; len]).unwrap();
+    c.spawn(0);
+    c.wait_ready().await;
+    let status = client.node_status(&node).await.unwrap();
+    let v = status
+        .vnodes
+        .iter()
+        .find(|v| v.partition == target)
+        .unwrap();
+    assert_eq!(v.health, VnodeHealth::Failed, "{v:?}");
+    assert!(v.quarantined.is_empty(), "nothing could refill it: {v:?}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len() as usize,
+        len,
+        "file left in place"
+    );
+    for k in keys
+        .iter()
+        .filter(|k| partition_of(k.as_bytes(), q) != target)
+    {
+        assert_eq!(
+            client.get(k).await.unwrap().values,
+            vec![k.clone().into_bytes()]
+        );
+    }
+}

@@ -144,6 +144,7 @@ impl Actor for NodeSupervisor {
             batch_max_writes: settings.batch_max_writes,
             batch_max_bytes: settings.batch_max_bytes,
             budget: settings.vnode_restarts,
+            replicas: settings.replicas,
             table: table.clone(),
             replay,
         };

@@ -144,9 +144,18 @@ pub struct VnodeArgs {
     pub verify: bool,
 }
 
-/// Start failures caused by the vnode's file itself carry this prefix: the supervisor moves
-/// such a file aside rather than retrying it.
+/// Start failures caused by damage to the vnode's file itself carry this prefix: the supervisor
+/// moves such a file aside rather than retrying it.
 pub const UNUSABLE_FILE: &str = "vnode file unusable";
+
+/// A start failure; only damage (not a busy file, a full disk or missing permissions, which
+/// say nothing about the data) is marked [`UNUSABLE_FILE`].
+fn start_error(e: StoreError) -> ActorProcessingErr {
+    match e {
+        StoreError::Corrupt(_) => format!("{UNUSABLE_FILE}: {e}").into(),
+        e => e.to_string().into(),
+    }
+}
 
 /// A vnode's running state.
 pub struct VnodeState {
@@ -192,7 +201,7 @@ impl Actor for Vnode {
     ) -> Result<VnodeState, ActorProcessingErr> {
         let started = Instant::now();
         let store = tokio::task::block_in_place(|| -> Result<VnodeStore, ActorProcessingErr> {
-            let store = open_store(&args).map_err(|e| format!("{UNUSABLE_FILE}: {e}"))?;
+            let store = open_store(&args).map_err(start_error)?;
             let replay = match args.replay.take() {
                 Some(r) => r,
                 None => {
@@ -215,7 +224,7 @@ impl Actor for Vnode {
         let mut tree = MerkleTree::new(DEFAULT_SEGMENTS);
         let digests =
             tokio::task::block_in_place(|| VnodeStore::digests(&store.reader(), |_| true))
-                .map_err(|e| format!("{UNUSABLE_FILE}: {e}"))?;
+                .map_err(start_error)?;
         for (key, digest) in digests {
             tree.update(&key, None, Some(digest));
         }

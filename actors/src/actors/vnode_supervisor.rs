@@ -60,6 +60,8 @@ pub struct VnodeSupervisorArgs {
     pub batch_max_bytes: usize,
     /// Restart budget per vnode.
     pub budget: RestartBudget,
+    /// Replication factor: a damaged file is only moved aside when replicas can refill it.
+    pub replicas: usize,
     /// The node's partition registry.
     pub table: Arc<PartitionTable>,
     /// Commit log entries recovered at startup, per partition.
@@ -126,6 +128,11 @@ impl VnodeSupervisorState {
             Err(e) => e.to_string(),
         };
         self.args.table.withdraw(partition, VnodeHealth::Starting);
+        if error.contains(UNUSABLE_FILE) && self.args.replicas < 2 {
+            tracing::error!(partition, %error, "vnode file damaged and no other replica can refill it; left stopped with the file in place");
+            self.args.table.withdraw(partition, VnodeHealth::Failed);
+            return false;
+        }
         if !error.contains(UNUSABLE_FILE) {
             tracing::error!(partition, %error, "vnode cannot start; left stopped");
             self.args.table.withdraw(partition, VnodeHealth::Failed);

@@ -16,13 +16,28 @@ pub enum StoreError {
     /// Another handle still holds the file open (a reader that outlived the previous vnode).
     #[error("vnode file is still open elsewhere")]
     Locked,
+    /// The file's contents are damaged (redb found a bad checksum, header or page).
+    #[error("file damaged: {0}")]
+    Corrupt(String),
     /// Anything else, as text for logs and clients.
     #[error("{0}")]
     Other(String),
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(format!("{context}: {e}"))
+fn err(context: &str, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(format!("{context}: {msg}")),
+        // A bad magic number or a truncated file surface as I/O errors of these kinds.
+        redb::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StoreError::Corrupt(format!("{context}: {e}"))
+        }
+        e => StoreError::Other(format!("{context}: {e}")),
+    }
 }
 
 /// An open vnode file. Reads go through [`VnodeStore::reader`] handles so they never queue
@@ -76,7 +91,7 @@ impl VnodeStore {
             None => Ok(None),
             Some(v) => decode_object(v.value())
                 .map(Some)
-                .map_err(|e| err("decode", e)),
+                .map_err(|e| StoreError::Other(format!("decode: {e}"))),
         }
     }
 
@@ -114,7 +129,7 @@ impl VnodeStore {
                 None => Ok(None),
                 Some(v) => decode_object(v.value())
                     .map(Some)
-                    .map_err(|e| err("decode", e)),
+                    .map_err(|e| StoreError::Other(format!("decode: {e}"))),
             })
             .collect())
     }
@@ -129,7 +144,7 @@ impl VnodeStore {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         if !durable {
             txn.set_durability(Durability::None)
-                .map_err(|e| err("durability", e))?;
+                .map_err(|e| StoreError::Other(format!("durability: {e}")))?;
         }
         {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
@@ -202,7 +217,7 @@ impl VnodeStore {
     pub fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.set_durability(Durability::None)
-            .map_err(|e| err("durability", e))?;
+            .map_err(|e| StoreError::Other(format!("durability: {e}")))?;
         {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
             for k in keys {
