@@ -31,6 +31,7 @@ use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::hint_store::HintStore;
+use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
 
 /// Static membership: the ring never changes while a node runs, so its version is fixed.
@@ -117,6 +118,7 @@ impl Actor for NodeSupervisor {
 
         std::fs::create_dir_all(&settings.node_dir)?;
         let dots = Arc::new(DotSequence::open(&settings.node_dir.join("dot-sequence"))?);
+        let incarnation = Arc::new(Incarnation::start(&settings.node_dir.join("incarnation"))?);
         let log_dir = settings.node_dir.join("commitlog");
         let (log, sealed, log_thread) =
             CommitLog::open(&log_dir, settings.durability, settings.log_segment_bytes)?;
@@ -145,6 +147,7 @@ impl Actor for NodeSupervisor {
             batch_max_bytes: settings.batch_max_bytes,
             budget: settings.vnode_restarts,
             replicas: settings.replicas,
+            incarnation,
             table: table.clone(),
             replay,
         };

@@ -118,7 +118,7 @@ pub struct Vnode;
 pub struct VnodeArgs {
     /// Partition this vnode serves.
     pub partition: u32,
-    /// This node's id, the author of the dots this vnode mints.
+    /// Author of the dots this vnode mints: the node id and its incarnation.
     pub node_id: String,
     /// Its redb file.
     pub path: PathBuf,

@@ -16,6 +16,7 @@ use crate::protocol::VnodeHealth;
 use crate::settings::RestartBudget;
 use crate::storage::commit_log::{CommitLog, LogDurability};
 use crate::storage::dot_sequence::DotSequence;
+use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
 
 /// Messages the vnode supervisor accepts (local only).
@@ -62,6 +63,8 @@ pub struct VnodeSupervisorArgs {
     pub budget: RestartBudget,
     /// Replication factor: a damaged file is only moved aside when replicas can refill it.
     pub replicas: usize,
+    /// The node's incarnation, raised before a vnode restarts after a failure.
+    pub incarnation: Arc<Incarnation>,
     /// The node's partition registry.
     pub table: Arc<PartitionTable>,
     /// Commit log entries recovered at startup, per partition.
@@ -92,7 +95,7 @@ impl VnodeSupervisorState {
         let a = &self.args;
         let args = VnodeArgs {
             partition,
-            node_id: a.node_id.clone(),
+            node_id: Incarnation::author(&a.node_id, a.incarnation.current()),
             path: vnode_path(&a.node_dir, partition),
             cache_bytes: a.cache_bytes,
             log: a.log.clone(),
@@ -145,6 +148,11 @@ impl VnodeSupervisorState {
         let aside = path.with_extension(format!("redb.quarantined-{stamp}"));
         if let Err(e) = std::fs::rename(&path, &aside) {
             tracing::error!(partition, %error, rename_error = %e, "vnode file unusable and cannot be moved aside; left stopped");
+            self.args.table.withdraw(partition, VnodeHealth::Failed);
+            return false;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.args.incarnation.bump()) {
+            tracing::error!(partition, error = %e, "cannot raise the incarnation; vnode left stopped");
             self.args.table.withdraw(partition, VnodeHealth::Failed);
             return false;
         }
@@ -292,6 +300,13 @@ impl Actor for VnodeSupervisor {
         }
         state.args.table.note_restart(partition);
         tracing::warn!(partition, %reason, "vnode stopped; restarting");
+        // The restarted vnode may have lost dots it minted (a repaired or replaced file): it
+        // mints under a new incarnation.
+        if let Err(e) = tokio::task::block_in_place(|| state.args.incarnation.bump()) {
+            tracing::error!(partition, error = %e, "cannot raise the incarnation; vnode left stopped");
+            state.args.table.withdraw(partition, VnodeHealth::Failed);
+            return Ok(());
+        }
         // A restart after a failure checks the whole file first: a damaged file is the usual
         // reason for a vnode that keeps failing.
         state.start(&myself, partition, None, true).await;

@@ -3,5 +3,6 @@
 pub mod commit_log;
 pub mod dot_sequence;
 pub mod hint_store;
+pub mod incarnation;
 pub mod memtable;
 pub mod vnode_store;
