@@ -433,7 +433,7 @@ impl Client {
     ) -> Result<R, KvError>
     where
         R: Send + 'static,
-        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
+        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>, u64) -> RouterMessage,
     {
         let deadline = Instant::now() + timeout;
         let n = self.inner.next.load(Ordering::Relaxed);
@@ -461,7 +461,12 @@ impl Client {
             } else {
                 left
             };
-            match self.call(router, attempt, &msg).await {
+            // The node must not apply the request once this attempt is given up.
+            let not_after = unix_ms() + attempt.as_millis() as u64;
+            match self
+                .call(router, attempt, &|port| msg(port, not_after))
+                .await
+            {
                 Err(KvError::NotConnected(m)) if !retried => {
                     retried = true;
                     last = KvError::NotConnected(m);
@@ -562,11 +567,22 @@ impl Client {
             context: opts.context.as_ref().map(|c| ByteBuf::from(c.0.clone())),
             w: opts.w,
             timeout_ms: Some(timeout.as_millis() as u64),
+            not_after_ms: None,
         };
         let reply: PutReply = self
-            .send(key, true, opts.via.as_deref(), timeout, &|port| {
-                RouterMessage::Put(Wire::new(request.clone()), port)
-            })
+            .send(
+                key,
+                true,
+                opts.via.as_deref(),
+                timeout,
+                &|port, not_after| {
+                    let attempt = PutRequest {
+                        not_after_ms: Some(not_after),
+                        ..request.clone()
+                    };
+                    RouterMessage::Put(Wire::new(attempt), port)
+                },
+            )
             .await?;
         Ok(Context(reply.context.into_vec()))
     }
@@ -589,9 +605,13 @@ impl Client {
             timeout_ms: Some(timeout.as_millis() as u64),
         };
         let reply: GetReply = self
-            .send(key.as_ref(), false, opts.via.as_deref(), timeout, &|port| {
-                RouterMessage::Get(Wire::new(request.clone()), port)
-            })
+            .send(
+                key.as_ref(),
+                false,
+                opts.via.as_deref(),
+                timeout,
+                &|port, _| RouterMessage::Get(Wire::new(request.clone()), port),
+            )
             .await?;
         Ok(GetResult {
             values: reply.values.into_iter().map(ByteBuf::into_vec).collect(),
@@ -646,4 +666,11 @@ impl Client {
             _ => Err(KvError::NotConnected("ping failed".into())),
         }
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -186,7 +186,11 @@ fn counter_in(ctx: &ringkv::Context, node: &str) -> (u64, Vec<String>) {
         .filter(|a| a.starts_with(&prefix))
         .cloned()
         .collect();
-    let max = authors.iter().map(|a| ctx.max_counter(a)).max().unwrap_or(0);
+    let max = authors
+        .iter()
+        .map(|a| ctx.max_counter(a))
+        .max()
+        .unwrap_or(0);
     (max, authors)
 }
 
@@ -207,7 +211,10 @@ async fn write_counters_are_never_reissued_after_a_crash() {
     c.wait_ready().await;
     let client = c.client().await;
     let (after, authors) = counter_in(&client.put("fresh", "v").await.unwrap(), &node);
-    assert!(after > highest, "a counter issued before the crash was reused");
+    assert!(
+        after > highest,
+        "a counter issued before the crash was reused"
+    );
     // The restarted node writes as a new incarnation: its clock entries cannot claim to have
     // seen dots it minted before the crash and may have lost.
     assert_eq!(authors, vec![format!("{node}~2")]);

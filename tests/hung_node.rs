@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{TestCluster, wait_until};
 use ringkv::RequestOptions;
 use ringkv_actors::core::quorum::Consistency;
 
@@ -51,5 +51,69 @@ async fn requests_route_around_a_node_hung_before_detection() {
     assert!(
         slowest < Duration::from_millis(2500),
         "a put+get pair took {slowest:?}"
+    );
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_given_up_by_the_client_is_not_applied_when_the_node_resumes() {
+    let extra = "[node]\nheartbeat_ms = 1000\nmissed_heartbeats = 30\n";
+    let c = TestCluster::start_replicated("hs", 3, 3, extra).await;
+    let client = c.client().await;
+    client.put("k", "before").await.unwrap();
+    let hung = c.ids[1].clone();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(c.pid(1) as libc::pid_t, libc::SIGSTOP) };
+    let pid = c.pid(1);
+    wait_until(
+        "the node to be stopped",
+        Duration::from_secs(5),
+        move || async move { stopped(pid) },
+    )
+    .await;
+    let stale = RequestOptions {
+        via: Some(hung.clone()),
+        timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let r = client.put_with("k", "stale", &stale).await;
+    assert!(r.is_err(), "the hung node cannot answer: {r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(c.pid(1) as libc::pid_t, libc::SIGCONT) };
+    let log = c.log_path(1);
+    wait_until(
+        "the resumed node to refuse the expired write",
+        Duration::from_secs(10),
+        move || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|l| l.contains("refused a write the client had given up on"))
+            }
+        },
+    )
+    .await;
+    let via = RequestOptions {
+        via: Some(hung.clone()),
+        r: Some(Consistency::All),
+        ..Default::default()
+    };
+    let read = client.get_with("k", &via).await.unwrap();
+    assert_eq!(
+        read.values,
+        vec![b"before".to_vec()],
+        "the expired write was applied"
     );
 }

@@ -299,6 +299,7 @@ pub async fn put(
         key: req.key.to_vec(),
         value: req.value.map(ByteBuf::into_vec),
         context,
+        not_after_ms: req.not_after_ms,
         minted: minted_tx,
         durable: durable_tx,
     };

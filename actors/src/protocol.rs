@@ -154,6 +154,10 @@ pub struct PutRequest {
     /// The client's deadline for the whole request, ms.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Wall-clock Unix ms after which the write must not be applied: the client has given up
+    /// on this attempt and may send it through another node.
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
 }
 
 /// Acknowledgement of a write, with the context of the version it created.

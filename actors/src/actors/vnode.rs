@@ -45,6 +45,8 @@ pub struct WriteOp {
     pub value: Option<Vec<u8>>,
     /// What the client had seen; `None` for a blind write.
     pub context: Option<CausalContext>,
+    /// Wall-clock Unix ms after which the write is refused with `Timeout` instead of applied.
+    pub not_after_ms: Option<u64>,
     /// Gets the minted version, or why the write was refused, before the commit is durable.
     pub minted: oneshot::Sender<Result<WriteOutcome, KvError>>,
     /// Answered once the write is durable (or failed to become so).
@@ -343,6 +345,12 @@ fn apply_op(
     now: u64,
     conflict: ConflictPolicy,
 ) -> Result<CausalContext, KvError> {
+    if op.not_after_ms.is_some_and(|t| now > t) {
+        // Only after a stall: the client retried elsewhere, so applying it now could undo
+        // what the client did since.
+        tracing::info!("refused a write the client had given up on");
+        return Err(KvError::Timeout);
+    }
     if let Some(ctx) = &op.context
         && ctx.max_counter(node) >= dots.issued_below()
     {

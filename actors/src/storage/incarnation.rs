@@ -24,12 +24,16 @@ impl Incarnation {
     /// Opens the counter at `path` and raises it (a new incarnation of the node).
     pub fn start(path: &Path) -> io::Result<Incarnation> {
         let last = match fs::read(path) {
-            Ok(b) => b.as_slice().try_into().map(u64::from_le_bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is damaged", path.display()),
-                )
-            })?,
+            Ok(b) => b
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is damaged", path.display()),
+                    )
+                })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
