@@ -41,6 +41,10 @@ impl Default for Live {
     }
 }
 
+/// No vnode serves the partition on this node (not held here, starting, or failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotServing;
+
 /// Per-partition vnode registry; slots of partitions this node does not hold stay empty.
 pub struct PartitionTable {
     slots: Vec<Slot>,
@@ -125,19 +129,15 @@ impl PartitionTable {
         self.slot(partition)?.live.read().unwrap().vnode.clone()
     }
 
-    /// Queues a write or merge on `partition`'s vnode, counting it in the mailbox depth.
-    pub fn send(&self, partition: u32, msg: VnodeMessage) -> Result<(), VnodeMessage> {
-        let Some(vnode) = self.vnode(partition) else {
-            return Err(msg);
-        };
+    /// Queues a write or merge on `partition`'s vnode, counting it in the mailbox depth. On
+    /// failure the message is dropped, which answers its waiters with a closed channel.
+    pub fn send(&self, partition: u32, msg: VnodeMessage) -> Result<(), NotServing> {
+        let vnode = self.vnode(partition).ok_or(NotServing)?;
         let slot = self.slot(partition).expect("serving implies local");
         slot.queued.fetch_add(1, Ordering::Relaxed);
-        vnode.cast(msg).map_err(|e| {
+        vnode.cast(msg).map_err(|_| {
             slot.queued.fetch_sub(1, Ordering::Relaxed);
-            match e {
-                ractor::MessagingErr::SendErr(m) => m,
-                _ => VnodeMessage::Drain,
-            }
+            NotServing
         })
     }
 
