@@ -118,16 +118,24 @@ struct Job {
 }
 
 impl Job {
-    /// Sends chunks until the owner has every hint, a chunk fails, or the owner goes down.
+    /// One pass over the owner's hints, in chunks: each chunk starts after the previous one,
+    /// so hints that fail (say, for a partition whose vnode is stopped on the owner) are
+    /// skipped rather than blocking every hint behind them; they are retried next pass. The
+    /// pass ends early when the owner goes down or a whole chunk fails.
     async fn run(self) {
         let Some(link) = self.ctx.links.get(&self.owner) else {
             return;
         };
         let started = Instant::now();
         let mut moved: u64 = 0;
+        let mut cursor: Option<(u32, Vec<u8>)> = None;
         while self.ctx.peers.is_up(&self.owner) {
             let (store, owner, chunk) = (self.ctx.hints.clone(), self.owner.clone(), self.chunk);
-            let hints = match tokio::task::spawn_blocking(move || store.chunk(&owner, chunk)).await
+            let after = cursor.clone();
+            let hints = match tokio::task::spawn_blocking(move || {
+                store.chunk(&owner, after.as_ref(), chunk)
+            })
+            .await
             {
                 Ok(Ok(h)) if !h.is_empty() => h,
                 Ok(Ok(_)) => break,
@@ -137,6 +145,7 @@ impl Job {
                 }
                 Err(_) => break,
             };
+            cursor = hints.last().map(|h| (h.partition, h.key.clone()));
             let deadline = Instant::now() + self.ctx.default_timeout;
             let sends = hints.iter().map(|h| {
                 link.write(
@@ -150,7 +159,7 @@ impl Job {
                 )
             });
             let results = futures::future::join_all(sends).await;
-            let all_ok = results.iter().all(Result::is_ok);
+            let none_ok = results.iter().all(Result::is_err);
             let done: Vec<Hint> = hints
                 .into_iter()
                 .zip(results)
@@ -168,7 +177,7 @@ impl Job {
             }
             moved += n;
             self.ctx.hints_delivered.fetch_add(n, Ordering::Relaxed);
-            if !all_ok {
+            if none_ok {
                 break;
             }
             // Throttle: this chunk's share of a second at the configured rate.

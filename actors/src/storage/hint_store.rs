@@ -6,11 +6,11 @@
 //! owner however many writes it took. Every store is one durable commit: a hint counts toward
 //! W, so it must survive a crash of the fallback.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::core::codec::{decode_object, encode_object};
 use crate::core::version::ConflictPolicy;
@@ -40,6 +40,9 @@ fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
 pub struct HintStore {
     db: Database,
     conflict: ConflictPolicy,
+    /// Hints per (owner, partition), kept in step with the file so that questions about them
+    /// (asked every handoff tick and before every reap) never scan it.
+    counts: Mutex<BTreeMap<(String, u32), u64>>,
 }
 
 impl HintStore {
@@ -56,7 +59,21 @@ impl HintStore {
         let txn = db.begin_write().map_err(|e| err("begin", e))?;
         txn.open_table(HINTS).map_err(|e| err("table", e))?;
         txn.commit().map_err(|e| err("commit", e))?;
-        Ok(HintStore { db, conflict })
+        let mut counts: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        {
+            let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+            let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
+            for entry in table.iter().map_err(|e| err("iter", e))? {
+                let (k, _) = entry.map_err(|e| err("iter", e))?;
+                let (owner, partition, _) = k.value();
+                *counts.entry((owner.to_string(), partition)).or_default() += 1;
+            }
+        }
+        Ok(HintStore {
+            db,
+            conflict,
+            counts: Mutex::new(counts),
+        })
     }
 
     /// Merges every hint into the file in one durable commit. A hint whose object cannot be
@@ -66,6 +83,7 @@ impl HintStore {
         txn.set_durability(Durability::Immediate)
             .map_err(|e| err("durability", e))?;
         let mut results = Vec::with_capacity(hints.len());
+        let mut added: Vec<(String, u32)> = Vec::new();
         {
             let mut table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
             for h in hints {
@@ -79,7 +97,10 @@ impl HintStore {
                     .map_err(|e| err("get", e))?
                     .map(|v| decode_object(v.value()));
                 let merged = match existing {
-                    None => h.object.clone(),
+                    None => {
+                        added.push((h.owner.clone(), h.partition));
+                        h.object.clone()
+                    }
                     Some(Ok(stored)) => {
                         incoming.merge(&stored, self.conflict);
                         encode_object(&incoming)
@@ -97,20 +118,20 @@ impl HintStore {
             }
         }
         txn.commit().map_err(|e| err("commit", e))?;
+        let mut counts = self.lock_counts();
+        for k in added {
+            *counts.entry(k).or_default() += 1;
+        }
         Ok(results)
     }
 
     /// Owners with hints waiting, with how many each.
     pub fn owners(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
-        let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
         let mut owners: Vec<(String, u64)> = Vec::new();
-        for entry in table.iter().map_err(|e| err("iter", e))? {
-            let (k, _) = entry.map_err(|e| err("iter", e))?;
-            let owner = k.value().0;
+        for ((owner, _), n) in self.lock_counts().iter() {
             match owners.last_mut() {
-                Some((o, n)) if o == owner => *n += 1,
-                _ => owners.push((owner.to_string(), 1)),
+                Some((o, total)) if o == owner => *total += n,
+                _ => owners.push((owner.clone(), *n)),
             }
         }
         Ok(owners)
@@ -118,23 +139,17 @@ impl HintStore {
 
     /// Hints waiting for any owner in `partition`.
     pub fn count_for_partition(&self, partition: u32) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
-        let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
-        let mut n = 0;
-        for entry in table.iter().map_err(|e| err("iter", e))? {
-            let (k, _) = entry.map_err(|e| err("iter", e))?;
-            if k.value().1 == partition {
-                n += 1;
-            }
-        }
-        Ok(n)
+        let counts = self.lock_counts();
+        Ok(counts
+            .iter()
+            .filter(|((_, p), _)| *p == partition)
+            .map(|(_, n)| n)
+            .sum())
     }
 
     /// Hints waiting in total.
     pub fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
-        let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
-        table.len().map_err(|e| err("len", e))
+        Ok(self.lock_counts().values().sum())
     }
 
     /// True when no hint waits.
@@ -142,17 +157,33 @@ impl HintStore {
         Ok(self.len()? == 0)
     }
 
-    /// Up to `limit` of `owner`'s hints, in key order.
-    pub fn chunk(&self, owner: &str, limit: usize) -> Result<Vec<Hint>, StoreError> {
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, u32), u64>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `limit` of `owner`'s hints in key order, starting after `after` (a partition and
+    /// key already handled in this pass) or at the first.
+    pub fn chunk(
+        &self,
+        owner: &str,
+        after: Option<&(u32, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| err("begin read", e))?;
         let table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
-        let start: (&str, u32, &[u8]) = (owner, 0, &[]);
+        let start: (&str, u32, &[u8]) = match after {
+            Some((p, k)) => (owner, *p, k.as_slice()),
+            None => (owner, 0, &[]),
+        };
         let mut out = Vec::new();
         for entry in table.range(start..).map_err(|e| err("range", e))? {
             let (k, v) = entry.map_err(|e| err("range", e))?;
             let (o, partition, key) = k.value();
             if o != owner || out.len() >= limit {
                 break;
+            }
+            if after.is_some_and(|(p, k)| *p == partition && k.as_slice() == key) {
+                continue;
             }
             out.push(Hint {
                 owner: o.to_string(),
@@ -171,7 +202,7 @@ impl HintStore {
             return Ok(0);
         }
         let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
-        let mut removed = 0;
+        let mut gone: Vec<(String, u32)> = Vec::new();
         {
             let mut table = txn.open_table(HINTS).map_err(|e| err("table", e))?;
             for h in delivered {
@@ -182,13 +213,21 @@ impl HintStore {
                     .is_some_and(|v| v.value() == h.object.as_slice());
                 if unchanged {
                     table.remove(id).map_err(|e| err("remove", e))?;
-                    removed += 1;
+                    gone.push((h.owner.clone(), h.partition));
                 }
             }
         }
-        // Not durable on its own: a crash may bring a delivered hint back, and delivering it
-        // again is a harmless merge.
         txn.commit().map_err(|e| err("commit", e))?;
+        let removed = gone.len();
+        let mut counts = self.lock_counts();
+        for k in gone {
+            if let Some(n) = counts.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&k);
+                }
+            }
+        }
         Ok(removed)
     }
 }
@@ -245,14 +284,14 @@ mod tests {
         }
         let s = open(&dir);
         assert_eq!(s.owners().unwrap(), vec![("b".into(), 1), ("d".into(), 1)]);
-        let b = s.chunk("b", 10).unwrap();
+        let b = s.chunk("b", None, 10).unwrap();
         assert_eq!(b.len(), 1);
         let mut values = decode_object(&b[0].object).unwrap().values().count();
         assert_eq!(
             values, 2,
             "concurrent hints for one key are kept as siblings"
         );
-        values = s.chunk("d", 10).unwrap().len();
+        values = s.chunk("d", None, 10).unwrap().len();
         assert_eq!(values, 1);
     }
 
@@ -265,11 +304,14 @@ mod tests {
             hint("b", "k2", object("a", 2, "y")),
         ])
         .unwrap();
-        let sent = s.chunk("b", 10).unwrap();
+        let sent = s.chunk("b", None, 10).unwrap();
         // A newer write for k2 arrives while the chunk is in flight.
         s.store(&[hint("b", "k2", object("c", 1, "z"))]).unwrap();
         assert_eq!(s.remove_delivered(&sent).unwrap(), 1);
-        let left = s.chunk("b", 10).unwrap();
+        assert_eq!(s.len().unwrap(), 1, "counts follow removals");
+        assert_eq!(s.count_for_partition(3).unwrap(), 1);
+        assert_eq!(s.count_for_partition(4).unwrap(), 0);
+        let left = s.chunk("b", None, 10).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].key, b"k2".to_vec());
     }
@@ -297,8 +339,17 @@ mod tests {
             .chain([hint("c", "k", object("a", 9, "v"))])
             .collect();
         s.store(&hints).unwrap();
-        assert_eq!(s.chunk("b", 3).unwrap().len(), 3);
-        assert_eq!(s.chunk("b", 10).unwrap().len(), 5);
-        assert_eq!(s.chunk("a", 10).unwrap().len(), 0);
+        assert_eq!(s.chunk("b", None, 3).unwrap().len(), 3);
+        assert_eq!(s.chunk("b", None, 10).unwrap().len(), 5);
+        assert_eq!(s.chunk("a", None, 10).unwrap().len(), 0);
+        let first = s.chunk("b", None, 3).unwrap();
+        let last = first.last().map(|h| (h.partition, h.key.clone())).unwrap();
+        let rest = s.chunk("b", Some(&last), 10).unwrap();
+        assert_eq!(
+            rest.len(),
+            2,
+            "a pass resumes after the last hint it handled"
+        );
+        assert!(rest.iter().all(|h| !first.contains(h)));
     }
 }
