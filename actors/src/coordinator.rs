@@ -76,7 +76,13 @@ pub struct NodeContext {
     pub repair: RepairSettings,
     /// Anti-entropy figures per local partition.
     pub aae: AaeStatus,
+    /// Tombstones every replica was seen to hold, per (partition, key): digest and since when.
+    pub reap_agreements: ReapAgreements,
 }
+
+/// Tombstone agreements awaiting their second look, for the reaper.
+pub type ReapAgreements =
+    std::sync::Mutex<std::collections::HashMap<(u32, Vec<u8>), (u64, Instant)>>;
 
 impl NodeContext {
     fn deadline(&self, timeout_ms: Option<u64>) -> Instant {

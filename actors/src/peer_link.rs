@@ -52,13 +52,33 @@ async fn answered<T>(
     }
 }
 
-/// Takes the first job and whatever else is queued, up to a batch.
-async fn next_batch<J>(rx: &mut mpsc::UnboundedReceiver<J>) -> Option<Vec<J>> {
-    let first = rx.recv().await?;
+/// Most payload bytes one batch carries, far under ractor_cluster's 16 MiB frame limit (a
+/// larger frame would close the session).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Takes the first job and whatever else is queued, up to a batch (by count and by bytes; a
+/// job that would overflow the bytes starts the next batch).
+async fn next_batch<J>(
+    rx: &mut mpsc::UnboundedReceiver<J>,
+    held: &mut Option<J>,
+    size: impl Fn(&J) -> usize,
+) -> Option<Vec<J>> {
+    let first = match held.take() {
+        Some(j) => j,
+        None => rx.recv().await?,
+    };
+    let mut bytes = size(&first);
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(j) => batch.push(j),
+            Ok(j) if bytes + size(&j) > MAX_BATCH_BYTES => {
+                *held = Some(j);
+                break;
+            }
+            Ok(j) => {
+                bytes += size(&j);
+                batch.push(j);
+            }
             Err(_) => break,
         }
     }
@@ -82,7 +102,9 @@ impl PeerLink {
         let (p, table) = (peer.clone(), peers.clone());
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            while let Some(batch) = next_batch(&mut read_rx).await {
+            let mut held = None;
+            let size = |j: &ReadJob| j.0.key.len() + 16;
+            while let Some(batch) = next_batch(&mut read_rx, &mut held, size).await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let (p, table) = (p.clone(), table.clone());
                 tokio::spawn(async move {
@@ -93,7 +115,9 @@ impl PeerLink {
         });
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            while let Some(batch) = next_batch(&mut write_rx).await {
+            let mut held = None;
+            let size = |j: &WriteJob| j.0.key.len() + j.0.object.len() + 32;
+            while let Some(batch) = next_batch(&mut write_rx, &mut held, size).await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
                 let (p, table) = (peer.clone(), peers.clone());
                 tokio::spawn(async move {
@@ -143,6 +167,16 @@ async fn send_batch<Q, A, R>(
             .into_iter()
             .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
     };
+    // A job whose deadline passed while it queued is answered, not sent: its requester has
+    // given up, and applying it late could undo what came after.
+    let now = Instant::now();
+    let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.1 > now);
+    for (_, _, tx) in expired {
+        let _ = tx.send(Err(KvError::Timeout));
+    }
+    if batch.is_empty() {
+        return;
+    }
     let timeout = call_timeout(batch.iter().map(|j| j.1));
     let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
     let n = items.len();

@@ -1,5 +1,9 @@
 //! Tombstone reaping: a deleted key's tombstone is removed only once every replica holds the
-//! same tombstone, no node keeps a hint for the partition, and the grace period has passed.
+//! same tombstone, no node keeps a hint for the partition, and both the tombstone and that
+//! agreement (seen by an earlier round and seen again unchanged) are older than the grace
+//! period. The second observation matters: a request that read an older copy before the
+//! agreement could still write it back (read repair); a grace longer than the longest request
+//! deadline plus `request_timeout_ms` outlives every such request.
 //!
 //! Why every condition: a tombstone is what stops an older copy of the value from coming back
 //! through anti-entropy or handoff. Every replica holding the identical tombstone means no
@@ -7,6 +11,7 @@
 //! requiring every member up means no unreachable node can hold one. Each replica removes the
 //! key only if its object is still that tombstone, so a write racing the reap is kept.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +102,7 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
             agreed.push((key, digest));
         }
     }
+    let agreed = settled(ctx, partition, agreed);
     if agreed.is_empty() {
         return Ok(0);
     }
@@ -115,6 +121,33 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
         call(ctx, peer, |p| ReplicaMessage::Reap(Wire::new(r), p)).await?;
     }
     reap_local(ctx, req).await
+}
+
+/// Agreements first seen at least the grace period ago with the same digest; records the new
+/// ones and forgets those of `partition` that no longer hold.
+fn settled(ctx: &NodeContext, partition: u32, agreed: Vec<(Vec<u8>, u64)>) -> Vec<(Vec<u8>, u64)> {
+    let grace = ctx.repair.tombstone_grace;
+    let now = Instant::now();
+    let mut seen = ctx
+        .reap_agreements
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let current: HashMap<&[u8], u64> = agreed.iter().map(|(k, d)| (k.as_slice(), *d)).collect();
+    seen.retain(|(p, k), (d, _)| *p != partition || current.get(k.as_slice()) == Some(d));
+    let mut ready = Vec::new();
+    for (key, digest) in agreed {
+        match seen.get(&(partition, key.clone())) {
+            Some((_, since)) if now.duration_since(*since) >= grace => {
+                seen.remove(&(partition, key.clone()));
+                ready.push((key, digest));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert((partition, key), (digest, now));
+            }
+        }
+    }
+    ready
 }
 
 /// Removes the named tombstones from this node's vnode of the partition.

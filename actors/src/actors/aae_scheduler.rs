@@ -33,6 +33,15 @@ pub enum AaeSchedulerMessage {
     Done,
 }
 
+/// Tells the scheduler its exchange ended when dropped.
+struct Finished(ActorRef<AaeSchedulerMessage>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.cast(AaeSchedulerMessage::Done);
+    }
+}
+
 impl Actor for AaeScheduler {
     type Msg = AaeSchedulerMessage;
     type State = AaeSchedulerState;
@@ -71,6 +80,9 @@ impl Actor for AaeScheduler {
                 state.busy = true;
                 let ctx = state.ctx.clone();
                 tokio::spawn(async move {
+                    // Reports the end even if the exchange panics, or the scheduler would stay
+                    // busy for good.
+                    let _done = Finished(myself);
                     let (chunk, rate) = (ctx.repair.chunk_keys, ctx.repair.aae_keys_per_sec);
                     for peer in partners {
                         match anti_entropy::exchange(&ctx, partition, &peer, chunk, rate).await {
@@ -90,7 +102,6 @@ impl Actor for AaeScheduler {
                             tracing::debug!(partition, error = %e, "tombstone reaping failed")
                         }
                     }
-                    let _ = myself.cast(AaeSchedulerMessage::Done);
                 });
             }
             AaeSchedulerMessage::Tick => {}

@@ -197,6 +197,7 @@ impl Actor for NodeSupervisor {
             hints_delivered: Default::default(),
             repair: settings.repair,
             aae: Default::default(),
+            reap_agreements: Default::default(),
             links: settings
                 .members
                 .iter()

@@ -351,11 +351,21 @@ fn apply_op(
         tracing::info!("refused a write the client had given up on");
         return Err(KvError::Timeout);
     }
+    // Counters come from one node-wide sequence shared by every incarnation: a context naming
+    // one this node never issued, under any of its authors, is forged.
+    let base = node.rsplit_once('~').map_or(node, |(b, _)| b);
+    let ours = |a: &str| a == base || a.strip_prefix(base).is_some_and(|r| r.starts_with('~'));
     if let Some(ctx) = &op.context
-        && ctx.max_counter(node) >= dots.issued_below()
+        && ctx
+            .seen
+            .0
+            .keys()
+            .chain(ctx.dots.iter().map(|d| &d.node))
+            .filter(|a| ours(a))
+            .any(|a| ctx.max_counter(a) >= dots.issued_below())
     {
         return Err(KvError::BadContext(format!(
-            "it names writes node {node} never made"
+            "it names writes node {base} never made"
         )));
     }
     let floor = object
