@@ -178,8 +178,11 @@ pub async fn get(
     let mut request = Some(request);
     // A replica that hangs before the detector knows would hold the read until its deadline:
     // when the first R replies are late, the spares are asked too.
-    let mut speculate_at =
-        Some(Instant::now() + ctx.speculative_read_after).filter(|_| spares.len() > 0);
+    // The threshold follows the node's own recent p99, so a saturated node does not send
+    // every read to every replica; capped, since reads held by a hung replica raise the p99.
+    let base = ctx.speculative_read_after;
+    let after = (ctx.stats.recent_p99() * 2).clamp(base, base * 10);
+    let mut speculate_at = Some(Instant::now() + after).filter(|_| spares.len() > 0);
     loop {
         let wait_for = speculate_at.map_or(deadline, |t| t.min(deadline));
         let next = tokio::time::timeout(remaining(wait_for), pending.next()).await;

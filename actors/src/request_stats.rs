@@ -18,6 +18,8 @@ struct Windows {
 pub struct RequestStats {
     windows: Mutex<Windows>,
     in_flight: AtomicU64,
+    /// p99 of the last complete window, µs, for callers on the hot path.
+    last_p99_us: AtomicU64,
 }
 
 impl std::fmt::Debug for RequestStats {
@@ -35,16 +37,19 @@ impl Default for RequestStats {
                 last: None,
             }),
             in_flight: AtomicU64::new(0),
+            last_p99_us: AtomicU64::new(0),
         }
     }
 }
 
 impl RequestStats {
-    fn rotate(w: &mut Windows) {
+    fn rotate(&self, w: &mut Windows) {
         let elapsed = w.started.elapsed();
         if elapsed >= WINDOW {
             let fresh = Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
             let done = std::mem::replace(&mut w.current, fresh);
+            self.last_p99_us
+                .store(done.value_at_quantile(0.99), Ordering::Relaxed);
             w.last = Some((elapsed, done));
             w.started = Instant::now();
         }
@@ -53,7 +58,7 @@ impl RequestStats {
     /// Records one finished client request.
     pub fn record(&self, took: Duration) {
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        Self::rotate(&mut w);
+        self.rotate(&mut w);
         w.current.saturating_record(took.as_micros().max(1) as u64);
     }
 
@@ -61,6 +66,11 @@ impl RequestStats {
     pub fn start(&self) -> InFlightRequest<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightRequest(self, Instant::now())
+    }
+
+    /// p99 latency of the last complete window (zero before the first), without locking.
+    pub fn recent_p99(&self) -> Duration {
+        Duration::from_micros(self.last_p99_us.load(Ordering::Relaxed))
     }
 
     /// Requests being coordinated now.
@@ -71,7 +81,7 @@ impl RequestStats {
     /// (requests per second, p99 in ms) over the last complete window.
     pub fn summary(&self) -> (f64, f64) {
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        Self::rotate(&mut w);
+        self.rotate(&mut w);
         match &w.last {
             Some((span, h)) => (
                 h.len() as f64 / span.as_secs_f64(),
