@@ -18,13 +18,15 @@ use crate::core::codec::encode_object;
 use crate::core::merkle::{Exchange, MerkleTree, Step, diff_keys};
 use crate::core::version::Object;
 use crate::protocol::{
-    AaePartition, AaeRound, KeyDigest, KvError, ReplicaMessage, SegmentRequest, TreeRequest, Wire,
+    AaePartition, AaeRound, KeyDigest, KeyListing, KvError, ReplicaMessage, SegmentRequest,
+    TreeRequest, Wire,
 };
 use crate::reaper;
 use crate::replica_io::{merge_local, read_replica, write_replica};
+use crate::storage::vnode_store::DigestPage;
 
-/// Segments asked for per key listing, bounding one answer to a few per mille of a partition.
-const SEGMENTS_PER_LISTING: usize = 16;
+/// Keys per page of a key listing, bounding one message whatever the partition's size.
+const LISTING_PAGE: usize = 4096;
 /// Deadline of one anti-entropy message.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,17 +111,33 @@ async fn differing_segments(
     }
 }
 
-/// Keys and digests of `wanted` segments on this node.
+/// A page of keys and digests of `wanted` segments on this node, strictly after `after`.
 async fn local_listing(
     ctx: &Arc<NodeContext>,
     partition: u32,
     segments: u32,
     wanted: Vec<u32>,
-) -> Result<Vec<(Vec<u8>, u64)>, KvError> {
+    after: Option<Vec<u8>>,
+) -> Result<DigestPage, KvError> {
     let table = ctx.table.clone();
-    tokio::task::spawn_blocking(move || table.segment_digests(partition, segments, &wanted))
-        .await
-        .map_err(|e| KvError::Storage(e.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        table.segment_digests(partition, segments, &wanted, after.as_deref(), LISTING_PAGE)
+    })
+    .await
+    .map_err(|e| KvError::Storage(e.to_string()))?
+}
+
+/// The end of a page pair: the smaller last key of the pages that have more to come (`None`
+/// when neither has: the pair covers the rest of the key space).
+fn page_end(
+    mine: &(Vec<(Vec<u8>, u64)>, bool),
+    theirs: &(Vec<(Vec<u8>, u64)>, bool),
+) -> Option<Vec<u8>> {
+    [mine, theirs]
+        .into_iter()
+        .filter(|(keys, more)| *more && !keys.is_empty())
+        .filter_map(|(keys, _)| keys.last().map(|(k, _)| k.clone()))
+        .min()
 }
 
 /// Exchanges `partition` with `peer` and repairs what differs; returns the keys repaired.
@@ -137,20 +155,43 @@ pub async fn exchange(
     let segments = differing_segments(ctx, partition, peer, &tree).await?;
     let started = Instant::now();
     let mut repaired: u64 = 0;
-    for wanted in segments.chunks(SEGMENTS_PER_LISTING) {
+    if segments.is_empty() {
+        ctx.aae.record(partition, 0);
+        return Ok(0);
+    }
+    // Both sides list the differing segments in pages, in key order, resuming after the end
+    // of the previous pair of pages: one pass over each file in all.
+    let mut after: Option<Vec<u8>> = None;
+    loop {
         let req = SegmentRequest {
             partition,
             segments: tree.segments(),
-            wanted: wanted.to_vec(),
+            wanted: segments.clone(),
+            after: after.clone().map(ByteBuf::from),
+            limit: LISTING_PAGE as u32,
         };
-        let theirs: Vec<(Vec<u8>, u64)> =
-            call(ctx, peer, |p| ReplicaMessage::AaeKeys(Wire::new(req), p))
-                .await?
+        let listing = call(ctx, peer, |p| ReplicaMessage::AaeKeys(Wire::new(req), p)).await?;
+        let theirs: DigestPage = (
+            listing
+                .keys
                 .into_iter()
                 .map(|KeyDigest { key, digest }| (key.into_vec(), digest))
-                .collect();
-        let mine = local_listing(ctx, partition, tree.segments(), wanted.to_vec()).await?;
-        let keys = diff_keys(&mine, &theirs);
+                .collect(),
+            listing.more,
+        );
+        let mine = local_listing(
+            ctx,
+            partition,
+            tree.segments(),
+            segments.clone(),
+            after.clone(),
+        )
+        .await?;
+        let end = page_end(&mine, &theirs);
+        let within = |(k, _): &&(Vec<u8>, u64)| end.as_ref().is_none_or(|e| k <= e);
+        let mine_page: Vec<(Vec<u8>, u64)> = mine.0.iter().filter(within).cloned().collect();
+        let theirs_page: Vec<(Vec<u8>, u64)> = theirs.0.iter().filter(within).cloned().collect();
+        let keys = diff_keys(&mine_page, &theirs_page);
         for batch in keys.chunks(chunk.max(1)) {
             repaired += repair_keys(ctx, partition, peer, batch).await?;
             // Bounded rate: this node's repairs so far may not run ahead of the budget.
@@ -158,6 +199,10 @@ pub async fn exchange(
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
+        }
+        match end {
+            Some(e) => after = Some(e),
+            None => break,
         }
     }
     ctx.aae.record(partition, repaired);
@@ -260,18 +305,51 @@ pub fn answer_tree(ctx: &NodeContext, req: &TreeRequest) -> Result<Vec<u64>, KvE
 pub async fn answer_keys(
     ctx: &Arc<NodeContext>,
     req: SegmentRequest,
-) -> Result<Vec<KeyDigest>, KvError> {
-    if req.wanted.len() > SEGMENTS_PER_LISTING {
+) -> Result<KeyListing, KvError> {
+    if req.wanted.len() > req.segments as usize {
         return Err(KvError::BadRequest(
-            "too many segments in one listing".into(),
+            "more segments asked than the tree has".into(),
         ));
     }
-    Ok(local_listing(ctx, req.partition, req.segments, req.wanted)
-        .await?
-        .into_iter()
-        .map(|(key, digest)| KeyDigest {
-            key: ByteBuf::from(key),
-            digest,
-        })
-        .collect())
+    let after = req.after.map(ByteBuf::into_vec);
+    let (keys, more) = local_listing(ctx, req.partition, req.segments, req.wanted, after).await?;
+    Ok(KeyListing {
+        keys: keys
+            .into_iter()
+            .map(|(key, digest)| KeyDigest {
+                key: ByteBuf::from(key),
+                digest,
+            })
+            .collect(),
+        more,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], more: bool) -> DigestPage {
+        (
+            keys.iter().map(|k| (k.as_bytes().to_vec(), 0)).collect(),
+            more,
+        )
+    }
+
+    #[test]
+    fn a_page_pair_ends_at_the_first_side_that_has_more() {
+        assert_eq!(
+            page_end(&page(&["a", "c"], false), &page(&["b"], false)),
+            None
+        );
+        assert_eq!(
+            page_end(&page(&["a", "e"], true), &page(&["b", "c"], true)),
+            Some(b"c".to_vec())
+        );
+        assert_eq!(
+            page_end(&page(&["a", "e"], true), &page(&["b", "z"], false)),
+            Some(b"e".to_vec()),
+            "the side without more is cut at the other's end and listed again from there"
+        );
+    }
 }

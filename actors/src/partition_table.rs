@@ -12,7 +12,7 @@ use crate::core::merkle::{MerkleTree, segment_of};
 use crate::core::version::Object;
 use crate::protocol::{KvError, VnodeHealth, VnodeInfo};
 use crate::storage::memtable::Memtable;
-use crate::storage::vnode_store::VnodeStore;
+use crate::storage::vnode_store::{DigestPage, VnodeStore};
 
 #[derive(Default)]
 struct Slot {
@@ -182,14 +182,18 @@ impl PartitionTable {
         Some(copy)
     }
 
-    /// Every key of `partition` in the given merkle segments, with its object's digest, in key
-    /// order: the file's snapshot overlaid with the memtable. Blocks on file I/O.
+    /// One page of the keys of `partition` in the given merkle segments, strictly after
+    /// `after`, with their objects' digests, in key order: the file's snapshot overlaid with
+    /// the memtable. About `limit` keys; the flag says whether more follow (the page then ends
+    /// at its last key). Blocks on file I/O.
     pub fn segment_digests(
         &self,
         partition: u32,
         tree_segments: u32,
         wanted: &[u32],
-    ) -> Result<Vec<(Vec<u8>, u64)>, KvError> {
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<DigestPage, KvError> {
         let (db, memtable) = self
             .slot(partition)
             .and_then(|s| s.live.read().unwrap().reader.clone())
@@ -198,13 +202,19 @@ impl PartitionTable {
         let keep = |k: &[u8]| wanted.contains(&segment_of(k, tree_segments));
         // The memtable first: a flush between the two reads then leaves keys in the file's
         // snapshot rather than in neither.
-        let recent = memtable.digests(keep);
-        let mut merged: std::collections::BTreeMap<Vec<u8>, u64> = VnodeStore::digests(&db, keep)
-            .map_err(|e| KvError::Storage(e.to_string()))?
-            .into_iter()
-            .collect();
-        merged.extend(recent);
-        Ok(merged.into_iter().collect())
+        let recent = memtable.digests(|k| keep(k) && after.is_none_or(|a| k > a));
+        let (stored, more) = VnodeStore::digests_after(&db, after, limit, keep)
+            .map_err(|e| KvError::Storage(e.to_string()))?;
+        let end = more
+            .then(|| stored.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let mut merged: std::collections::BTreeMap<Vec<u8>, u64> = stored.into_iter().collect();
+        merged.extend(
+            recent
+                .into_iter()
+                .filter(|(k, _)| end.as_ref().is_none_or(|e| k <= e)),
+        );
+        Ok((merged.into_iter().collect(), more))
     }
 
     /// Every serving vnode, with its partition.

@@ -289,7 +289,7 @@ pub enum ReplicaMessage {
     #[rpc]
     AaeKeys(
         Wire<SegmentRequest>,
-        RpcReplyPort<Wire<Result<Vec<KeyDigest>, KvError>>>,
+        RpcReplyPort<Wire<Result<KeyListing, KvError>>>,
     ),
     /// How many hints this node keeps for any replica of a partition (tombstone reaping).
     #[rpc]
@@ -337,6 +337,21 @@ pub struct SegmentRequest {
     pub segments: u32,
     /// The segments wanted.
     pub wanted: Vec<u32>,
+    /// List keys strictly after this one (the previous page's end).
+    #[serde(default)]
+    pub after: Option<ByteBuf>,
+    /// About how many keys one answer may carry.
+    #[serde(default)]
+    pub limit: u32,
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyListing {
+    /// Keys with their digests, in key order.
+    pub keys: Vec<KeyDigest>,
+    /// True when more keys follow the last one.
+    pub more: bool,
 }
 
 /// A key with its object's digest.

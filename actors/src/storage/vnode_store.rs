@@ -47,6 +47,9 @@ pub struct VnodeStore {
     db: Arc<Database>,
 }
 
+/// A page of (key, object digest) pairs in key order, and whether more keys follow.
+pub type DigestPage = (Vec<(Vec<u8>, u64)>, bool);
+
 /// Keys with their encoded objects, as written to the file and the commit log.
 pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -101,19 +104,40 @@ impl VnodeStore {
         db: &Database,
         wanted: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        Ok(Self::digests_after(db, None, usize::MAX, wanted)?.0)
+    }
+
+    /// Like [`VnodeStore::digests`], for keys strictly after `after`, at most `limit` of them;
+    /// the flag says whether more keys follow. Resuming from the last key returned makes a
+    /// listing in pages cost one pass over the file in all.
+    pub fn digests_after(
+        db: &Database,
+        after: Option<&[u8]>,
+        limit: usize,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Result<DigestPage, StoreError> {
         let txn = db.begin_read().map_err(|e| err("begin read", e))?;
         let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| err("iter", e))? {
+        let range = match after {
+            Some(a) => {
+                table.range::<&[u8]>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => table.iter(),
+        };
+        for entry in range.map_err(|e| err("iter", e))? {
             let (k, v) = entry.map_err(|e| err("iter", e))?;
             if !wanted(k.value()) {
                 continue;
+            }
+            if out.len() >= limit {
+                return Ok((out, true));
             }
             let digest = decode_object(v.value())
                 .map_or_else(|_| xxhash_rust::xxh3::xxh3_64(v.value()), |o| o.digest());
             out.push((k.value().to_vec(), digest));
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Reads many keys from one snapshot (the vnode's lookups before applying a batch).
@@ -231,5 +255,51 @@ impl VnodeStore {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
         txn.commit().map_err(|e| err("commit", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::codec::encode_object;
+    use crate::core::version::ConflictPolicy;
+
+    fn object(i: u64) -> Vec<u8> {
+        let mut o = Object::default();
+        o.update(
+            "n1~1",
+            i + 1,
+            None,
+            Some(vec![i as u8]),
+            i,
+            ConflictPolicy::Siblings { max_siblings: 8 },
+        );
+        encode_object(&o)
+    }
+
+    #[test]
+    fn listing_in_pages_covers_every_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VnodeStore::open(&dir.path().join("v.redb"), 1 << 20, false).unwrap();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..23u64)
+            .map(|i| (format!("k{i:02}").into_bytes(), object(i)))
+            .collect();
+        store.put_encoded(&pairs, true).unwrap();
+        let odd = |k: &[u8]| k.last().is_some_and(|b| b % 2 == 1);
+        let whole = VnodeStore::digests(&store.reader(), odd).unwrap();
+        let mut paged = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (page, more) =
+                VnodeStore::digests_after(&store.reader(), after.as_deref(), 4, odd).unwrap();
+            assert!(page.len() <= 4);
+            after = page.last().map(|(k, _)| k.clone());
+            paged.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(paged, whole);
+        assert_eq!(whole.len(), 11);
     }
 }
