@@ -148,6 +148,9 @@ struct Inner {
     suspects: suspects::Suspects,
 }
 
+/// How long a background re-dial may wait for a member's TCP connect.
+const REDIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Handle on this process's one client node.
 struct ClientNode {
     cookie: String,
@@ -267,24 +270,37 @@ impl Client {
         let peers = connected_peers(&node.server).await;
         let mut dialed = Vec::new();
         let mut failures = Vec::new();
-        for (id, addr) in &cfg.members {
-            if peers.contains(id) {
-                dialed.push(id.clone());
-                continue;
-            }
-            let (server, addr) = (node.server.clone(), *addr);
-            // The socket must belong to the client node's runtime, which serves the session.
-            let dial = node
-                .runtime
-                .spawn(async move {
-                    ractor_cluster::client_connect(&server, addr)
+        // Every member at once, each bounded by the connect timeout: a member whose address
+        // drops packets (a partition, a dead host) would otherwise hold a TCP connect for the
+        // kernel's SYN retries, minutes.
+        let dials = cfg
+            .members
+            .iter()
+            .filter(|(id, _)| !peers.contains(id))
+            .map(|(id, addr)| {
+                let (server, addr, id) = (node.server.clone(), *addr, id.clone());
+                let limit = cfg.connect_timeout;
+                // The socket must belong to the client node's runtime, which serves the session.
+                let dial = node.runtime.spawn(async move {
+                    match tokio::time::timeout(limit, ractor_cluster::client_connect(&server, addr))
                         .await
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            match dial {
-                Ok(()) => dialed.push(id.clone()),
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {limit:?}")),
+                    }
+                });
+                (id, addr, dial)
+            })
+            .collect::<Vec<_>>();
+        dialed.extend(
+            cfg.members
+                .iter()
+                .filter(|(id, _)| peers.contains(id))
+                .map(|(id, _)| id.clone()),
+        );
+        for (id, addr, dial) in dials {
+            match dial.await.unwrap_or_else(|e| Err(e.to_string())) {
+                Ok(()) => dialed.push(id),
                 Err(e) => failures.push(format!("{id} at {addr}: {e}")),
             }
         }
@@ -394,7 +410,8 @@ impl Client {
         if let Ok(cn) = client_node(&self.inner.config.cookie) {
             let server = cn.server.clone();
             cn.runtime.spawn(async move {
-                let _ = ractor_cluster::client_connect(&server, addr).await;
+                let dial = ractor_cluster::client_connect(&server, addr);
+                let _ = tokio::time::timeout(REDIAL_TIMEOUT, dial).await;
             });
         }
     }
