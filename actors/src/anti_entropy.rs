@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 
 use crate::coordinator::NodeContext;
@@ -22,7 +21,7 @@ use crate::protocol::{
     TreeRequest, Wire,
 };
 use crate::reaper;
-use crate::replica_io::{merge_local, read_replica, write_replica};
+use crate::replica_io::{call_replica, merge_local, read_replica, write_replica};
 use crate::storage::vnode_store::DigestPage;
 
 /// Keys per page of a key listing, bounding one message whatever the partition's size.
@@ -70,23 +69,6 @@ pub fn partners(ctx: &NodeContext, partition: u32) -> Vec<String> {
         .collect()
 }
 
-async fn call<T: Send + 'static>(
-    ctx: &NodeContext,
-    peer: &str,
-    msg: impl FnOnce(ractor::RpcReplyPort<Wire<Result<T, KvError>>>) -> ReplicaMessage,
-) -> Result<T, KvError> {
-    let replica = ctx
-        .peers
-        .replica(peer)
-        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-    match replica.call(msg, Some(CALL_TIMEOUT)).await {
-        Ok(CallResult::Success(Wire(Ok(r)))) => r,
-        Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(e.to_string())),
-        Ok(CallResult::Timeout) => Err(KvError::Timeout),
-        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
-    }
-}
-
 /// The merkle segments of `partition` whose leaves differ between this node and `peer`.
 async fn differing_segments(
     ctx: &NodeContext,
@@ -102,7 +84,8 @@ async fn differing_segments(
             level: exchange.level(),
             indices: exchange.indices().to_vec(),
         };
-        let theirs = call(ctx, peer, |p| ReplicaMessage::AaeTree(Wire::new(req), p)).await?;
+        let theirs =
+            call_replica(ctx, peer, |p| ReplicaMessage::AaeTree(Wire::new(req), p)).await?;
         match exchange.answer(tree, &theirs) {
             Ok(Step::Ask(next)) => exchange = next,
             Ok(Step::Done(segments)) => return Ok(segments),
@@ -170,7 +153,8 @@ pub async fn exchange(
             after: after.clone().map(ByteBuf::from),
             limit: LISTING_PAGE as u32,
         };
-        let listing = call(ctx, peer, |p| ReplicaMessage::AaeKeys(Wire::new(req), p)).await?;
+        let listing =
+            call_replica(ctx, peer, |p| ReplicaMessage::AaeKeys(Wire::new(req), p)).await?;
         let theirs: DigestPage = (
             listing
                 .keys

@@ -15,34 +15,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::actors::vnode::VnodeMessage;
 use crate::coordinator::NodeContext;
 use crate::protocol::{HintsQuery, KeyDigest, KvError, ReapRequest, ReplicaMessage, Wire};
-use crate::replica_io::read_replica;
+use crate::replica_io::{call_replica, read_replica};
 use crate::storage::vnode_store::VnodeStore;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn call<T: Send + 'static>(
-    ctx: &NodeContext,
-    peer: &str,
-    msg: impl FnOnce(ractor::RpcReplyPort<Wire<Result<T, KvError>>>) -> ReplicaMessage,
-) -> Result<T, KvError> {
-    let replica = ctx
-        .peers
-        .replica(peer)
-        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-    match replica.call(msg, Some(CALL_TIMEOUT)).await {
-        Ok(CallResult::Success(Wire(Ok(r)))) => r,
-        Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(e.to_string())),
-        Ok(CallResult::Timeout) => Err(KvError::Timeout),
-        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
-    }
-}
 
 /// Reaps eligible tombstones of `partition` when this node is its first replica (one reaper
 /// per partition); returns how many keys were removed on every replica.
@@ -82,7 +64,7 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
     }
     for m in members.iter().filter(|m| m.id != ctx.node_id) {
         let q = HintsQuery { partition };
-        if call(ctx, &m.id, |p| ReplicaMessage::HintsFor(Wire::new(q), p)).await? > 0 {
+        if call_replica(ctx, &m.id, |p| ReplicaMessage::HintsFor(Wire::new(q), p)).await? > 0 {
             return Ok(0);
         }
     }
@@ -118,7 +100,7 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
     };
     for peer in prefs.iter().filter(|n| **n != ctx.node_id) {
         let r = req.clone();
-        call(ctx, peer, |p| ReplicaMessage::Reap(Wire::new(r), p)).await?;
+        call_replica(ctx, peer, |p| ReplicaMessage::Reap(Wire::new(r), p)).await?;
     }
     reap_local(ctx, req).await
 }

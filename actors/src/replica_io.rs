@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
@@ -10,8 +11,30 @@ use crate::actors::vnode::{MergeOp, VnodeMessage};
 use crate::coordinator::NodeContext;
 use crate::core::codec::decode_object;
 use crate::core::version::Object;
-use crate::protocol::{KvError, ReplicaObject, ReplicaRead, ReplicaWrite};
+use crate::protocol::{KvError, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire};
 use crate::storage::hint_store::Hint;
+
+/// One call to `peer`'s replica actor for background work (anti-entropy, reaping), with a
+/// fixed deadline; transport failures read as `Unavailable`.
+pub async fn call_replica<T: Send + 'static>(
+    ctx: &NodeContext,
+    peer: &str,
+    msg: impl FnOnce(ractor::RpcReplyPort<Wire<Result<T, KvError>>>) -> ReplicaMessage,
+) -> Result<T, KvError> {
+    let replica = ctx
+        .peers
+        .replica(peer)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+    match replica.call(msg, Some(BACKGROUND_CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(Wire(Ok(r)))) => r,
+        Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(e.to_string())),
+        Ok(CallResult::Timeout) => Err(KvError::Timeout),
+        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+    }
+}
+
+/// Deadline of one background call to a peer.
+pub const BACKGROUND_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time left until `deadline`.
 pub fn remaining(deadline: Instant) -> Duration {
