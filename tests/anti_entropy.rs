@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestCluster, wait_until};
+use common::{TestCluster, wait_seen, wait_until};
 use ringkv::{Client, RequestOptions};
 use ringkv_actors::core::quorum::Consistency;
 
@@ -39,17 +39,7 @@ fn all_equal(roots: &HashMap<u32, Vec<Option<u64>>>) -> bool {
 /// Writes keys and deletes some while node 2 is down; returns (kept, deleted).
 async fn write_while_down(c: &mut TestCluster, client: &Client) -> (Vec<String>, Vec<String>) {
     c.kill(2);
-    let n1 = c.ids[0].clone();
-    let (cl, n3) = (client.clone(), c.ids[2].clone());
-    wait_until("n1 to see n3 down", Duration::from_secs(20), move || {
-        let (cl, n1, n3) = (cl.clone(), n1.clone(), n3.clone());
-        async move {
-            cl.members(&n1)
-                .await
-                .is_ok_and(|m| m.iter().any(|v| v.id == n3 && !v.up))
-        }
-    })
-    .await;
+    wait_seen(client, &c.ids[0], &c.ids[2], false).await;
     let mut kept = Vec::new();
     let mut deleted = Vec::new();
     for i in 0..300 {
@@ -159,16 +149,7 @@ async fn tombstones_are_reaped_only_once_every_replica_has_them() {
     }
     // n3 keeps the old values while the others delete them.
     c.kill(2);
-    let (cl, n1, n3) = (client.clone(), c.ids[0].clone(), c.ids[2].clone());
-    wait_until("n1 to see n3 down", Duration::from_secs(20), move || {
-        let (cl, n1, n3) = (cl.clone(), n1.clone(), n3.clone());
-        async move {
-            cl.members(&n1)
-                .await
-                .is_ok_and(|m| m.iter().any(|v| v.id == n3 && !v.up))
-        }
-    })
-    .await;
+    wait_seen(&client, &c.ids[0], &c.ids[2], false).await;
     for k in &keys {
         let ctx = client.get(k).await.unwrap().context;
         let o = RequestOptions {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::checker::check;
 use common::netfault::{self, Partition};
 use common::workload::{self, Route, Run, WorkloadOptions};
-use common::{TestCluster, wait_until};
+use common::{TestCluster, wait_hints_drained};
 use ringkv::Client;
 use ringkv_actors::core::quorum::Consistency;
 use tokio::sync::{Mutex, MutexGuard};
@@ -84,25 +84,7 @@ async fn converge_and_check(
 ) -> Duration {
     let started = Instant::now();
     c.wait_ready().await;
-    let (cl, ids) = (client.clone(), c.ids.clone());
-    wait_until(
-        "every hint handed back",
-        Duration::from_secs(60),
-        move || {
-            let (cl, ids) = (cl.clone(), ids.clone());
-            async move {
-                let mut waiting = 0;
-                for id in &ids {
-                    match cl.node_status(id).await {
-                        Ok(s) => waiting += s.hints_waiting,
-                        Err(_) => return false,
-                    }
-                }
-                waiting == 0
-            }
-        },
-    )
-    .await;
+    wait_hints_drained(client, &c.ids).await;
     for id in &c.ids {
         let round = client.aae_run(id, Duration::from_secs(120)).await.unwrap();
         assert!(round.errors.is_empty(), "{id}: {:?}", round.errors);
@@ -194,18 +176,23 @@ async fn a_vnode_file_destroyed_under_load() {
     converge_and_check(&mut c, &client, run, &opts).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn one_node_cut_off() {
+/// Five nodes on their own addresses; `groups` (node indices) cut from each other with iptables
+/// for 2 s under the workload, then healed.
+async fn partitioned(test: &str, prefix: &str, groups: &[&[usize]]) {
     let _one = serial().await;
-    let Some(fw) = netfault::firewall_or_skip("one_node_cut_off").await else {
+    let Some(fw) = netfault::firewall_or_skip(test).await else {
         return;
     };
-    let mut c = TestCluster::start_distinct("fc", 5, 3, CONFIG).await;
+    let mut c = TestCluster::start_distinct(prefix, 5, 3, CONFIG).await;
     let client = c.client().await;
-    let opts = options(&c, "fc");
+    let opts = options(&c, prefix);
     let load = start_load(&client, &opts).await;
-    let majority: Vec<_> = (0..4).map(|i| c.ip(i)).collect();
-    let cut = Partition::cut(&fw, &[&majority, &[c.ip(4)]]);
+    let addrs: Vec<Vec<_>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&i| c.ip(i)).collect())
+        .collect();
+    let sides: Vec<&[_]> = addrs.iter().map(Vec::as_slice).collect();
+    let cut = Partition::cut(&fw, &sides);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cut.heal();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -215,24 +202,13 @@ async fn one_node_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_node_cut_off() {
+    partitioned("one_node_cut_off", "fc", &[&[0, 1, 2, 3], &[4]]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cluster_cut_in_two_halves() {
-    let _one = serial().await;
-    let Some(fw) = netfault::firewall_or_skip("cluster_cut_in_two_halves").await else {
-        return;
-    };
-    let mut c = TestCluster::start_distinct("fh", 5, 3, CONFIG).await;
-    let client = c.client().await;
-    let opts = options(&c, "fh");
-    let load = start_load(&client, &opts).await;
-    let left: Vec<_> = (0..3).map(|i| c.ip(i)).collect();
-    let right: Vec<_> = (3..5).map(|i| c.ip(i)).collect();
-    let cut = Partition::cut(&fw, &[&left, &right]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cut.heal();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    opts.stop.store(true, Ordering::Relaxed);
-    let run = load.await.unwrap();
-    converge_and_check(&mut c, &client, run, &opts).await;
+    partitioned("cluster_cut_in_two_halves", "fh", &[&[0, 1, 2], &[3, 4]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestCluster, wait_until};
+use common::{TestCluster, wait_hints_drained, wait_until};
 use ringkv::{Client, KvError, RequestOptions};
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::ring::partition_of;
@@ -122,25 +122,7 @@ async fn writes_for_a_down_replica_become_hints_that_survive_restarts_and_are_ha
 
     c.spawn(down);
     wait_marked(&client, &c, down, true).await;
-    let (cl, ids) = (client.clone(), c.ids.clone());
-    wait_until(
-        "every hint to be handed back",
-        Duration::from_secs(60),
-        move || {
-            let (cl, ids) = (cl.clone(), ids.clone());
-            async move {
-                let mut total = 0;
-                for id in &ids {
-                    match cl.node_status(id).await {
-                        Ok(s) => total += s.hints_waiting,
-                        Err(_) => return false,
-                    }
-                }
-                total == 0
-            }
-        },
-    )
-    .await;
+    wait_hints_drained(&client, &c.ids).await;
     // The owner answers alone (r=one through itself reads its own copy first).
     let me = c.ids[down].clone();
     for k in &keys {

@@ -452,3 +452,38 @@ pub fn touch(path: &Path) {
 pub fn process_gone(pid: u32) -> bool {
     !ringkv::launcher::pid_alive(pid)
 }
+
+/// Waits until `observer`'s failure detector reports `member` up (`true`) or down.
+pub async fn wait_seen(client: &Client, observer: &str, member: &str, up: bool) {
+    let state = if up { "up" } else { "down" };
+    wait_until(
+        &format!("{observer} to see {member} {state}"),
+        Duration::from_secs(20),
+        || async {
+            client
+                .members(observer)
+                .await
+                .is_ok_and(|v| v.iter().any(|m| m.id == member && m.up == up))
+        },
+    )
+    .await;
+}
+
+/// Waits until every node answers and none holds a hint (handoff finished).
+pub async fn wait_hints_drained(client: &Client, ids: &[String]) {
+    wait_until(
+        "every hint handed back",
+        Duration::from_secs(60),
+        || async {
+            let mut waiting = 0;
+            for id in ids {
+                match client.node_status(id).await {
+                    Ok(s) => waiting += s.hints_waiting,
+                    Err(_) => return false,
+                }
+            }
+            waiting == 0
+        },
+    )
+    .await;
+}
