@@ -8,11 +8,12 @@
 //! it is used; after a restart the sequence resumes above the mark. Per key, a node's counters
 //! still increase, which is all version vectors need.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::storage::durable_u64;
 
 /// Counters reserved per durable write of the mark.
 const CHUNK: u64 = 1 << 20;
@@ -29,20 +30,7 @@ pub struct DotSequence {
 impl DotSequence {
     /// Opens the sequence stored at `path`, resuming above every counter issued before.
     pub fn open(path: &Path) -> io::Result<DotSequence> {
-        let start = match fs::read(path) {
-            Ok(b) => b
-                .as_slice()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is damaged", path.display()),
-                    )
-                })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
-            Err(e) => return Err(e),
-        };
+        let start = durable_u64::read(path)?.unwrap_or(1);
         let seq = DotSequence {
             next: AtomicU64::new(start),
             reserved: AtomicU64::new(start),
@@ -86,14 +74,7 @@ impl DotSequence {
         if mark <= self.reserved.load(Ordering::SeqCst) && self.path.exists() {
             return Ok(());
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&mark.to_le_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        durable_u64::write(&self.path, mark)?;
         self.reserved.fetch_max(mark, Ordering::SeqCst);
         Ok(())
     }

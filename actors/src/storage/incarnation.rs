@@ -8,10 +8,11 @@
 //! would silently drop those writes. A fresh author per incarnation claims nothing about the
 //! dots of earlier ones. The cost is one version-vector entry per incarnation that wrote a key.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use crate::storage::durable_u64;
 
 /// A node's incarnation counter.
 #[derive(Debug)]
@@ -23,20 +24,7 @@ pub struct Incarnation {
 impl Incarnation {
     /// Opens the counter at `path` and raises it (a new incarnation of the node).
     pub fn start(path: &Path) -> io::Result<Incarnation> {
-        let last = match fs::read(path) {
-            Ok(b) => b
-                .as_slice()
-                .try_into()
-                .map(u64::from_le_bytes)
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} is damaged", path.display()),
-                    )
-                })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
+        let last = durable_u64::read(path)?.unwrap_or(0);
         let me = Incarnation {
             path: path.to_path_buf(),
             current: Mutex::new(last),
@@ -54,14 +42,7 @@ impl Incarnation {
     pub fn bump(&self) -> io::Result<u64> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let next = *current + 1;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&next.to_le_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        durable_u64::write(&self.path, next)?;
         *current = next;
         Ok(next)
     }

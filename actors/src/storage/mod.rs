@@ -2,6 +2,7 @@
 
 pub mod commit_log;
 pub mod dot_sequence;
+pub mod durable_u64;
 pub mod hint_store;
 pub mod incarnation;
 pub mod memtable;
