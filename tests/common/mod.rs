@@ -29,20 +29,23 @@ pub fn bin() -> PathBuf {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// A free port on `ip` (bound, then released).
+/// A free port on `ip` (bound, then released), below the kernel's ephemeral range: a port the
+/// kernel handed out for `:0` can be taken again by any outgoing connection (clients and nodes
+/// dial constantly here) before the node binds it. Never the same port twice per process.
 pub fn free_port_on(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = rand::rng().random_range(20_000..32_000);
+        if !given.contains(&port) && TcpListener::bind((ip, port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Addresses 127.a.b.1..=254 reserved for one user across every process on this machine, for
