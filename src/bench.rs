@@ -66,6 +66,8 @@ pub struct BenchOptions {
     pub distribution: KeyDistribution,
     /// Print ops/s, errors and p99 every second while running.
     pub progress: bool,
+    /// Write every key before a read or mixed run.
+    pub load: bool,
 }
 
 /// Per-second figures shared by the workers and the progress printer.
@@ -147,7 +149,7 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
         return Err("--keys and --concurrency must be at least 1".into());
     }
     let value: Arc<Vec<u8>> = Arc::new((0..opts.value_size).map(|i| (i % 251) as u8).collect());
-    let needs_load = matches!(opts.workload, Workload::Read | Workload::Mixed(_));
+    let needs_load = opts.load && matches!(opts.workload, Workload::Read | Workload::Mixed(_));
     let (loaded_keys, load_rate) = if needs_load {
         load(client, opts, &value).await?
     } else {

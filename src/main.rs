@@ -103,6 +103,9 @@ enum Cmd {
         /// Print ops/s, errors and p99 every second while running (to stderr).
         #[arg(long)]
         progress: bool,
+        /// Skip loading the keys before a read or mixed run (a previous run loaded them)
+        #[arg(long)]
+        no_load: bool,
     },
     /// Interactive admin console (status, members, ring, stats, aae, get/put/delete).
     Console {
@@ -426,6 +429,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
             distribution,
             json,
             progress,
+            no_load,
         } => {
             let opts = BenchOptions {
                 workload,
@@ -435,6 +439,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
                 duration: Duration::from_secs(duration),
                 distribution,
                 progress,
+                load: !no_load,
             };
             match bench::run(&client, &opts).await {
                 Ok(report) if json => {
