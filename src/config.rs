@@ -153,6 +153,8 @@ pub struct StorageSection {
     pub flush_interval_ms: u64,
     /// Page cache of each vnode file, MiB.
     pub vnode_cache_mb: usize,
+    /// Cache of decoded objects per node, MiB, shared out among its vnodes (0 = off).
+    pub object_cache_mb: usize,
     /// Most writes one vnode commit takes.
     pub batch_max_writes: usize,
     /// Most payload bytes one vnode commit takes.
@@ -167,6 +169,7 @@ impl Default for StorageSection {
             durability: Durability::Sync,
             flush_interval_ms: 50,
             vnode_cache_mb: 8,
+            object_cache_mb: 64,
             batch_max_writes: 512,
             batch_max_bytes: 1 << 20,
             log_segment_mb: 64,
@@ -284,7 +287,7 @@ impl Default for ConsistencySection {
             r: "quorum".into(),
             w: "quorum".into(),
             request_timeout_ms: 5000,
-            read_repair_chance: 0.1,
+            read_repair_chance: 0.0,
             sloppy_quorum: true,
             speculative_read_ms: 50,
         }
@@ -486,6 +489,7 @@ impl ClusterConfig {
                 }
             },
             vnode_cache_bytes: s.vnode_cache_mb << 20,
+            object_cache_bytes: s.object_cache_mb << 20,
             batch_max_writes: s.batch_max_writes,
             batch_max_bytes: s.batch_max_bytes,
             log_segment_bytes: s.log_segment_mb << 20,

@@ -331,11 +331,19 @@ async fn wait_ready(
             }
         }
         if let Ok(client) = Client::connect(client_cfg.clone()).await {
-            // Ready means serving and agreeing with every member on the ring.
+            // Ready means serving and agreeing with every member on the ring. The pid check
+            // keeps another cluster already answering on these ports from passing for ours.
             let mut ready = 0;
-            for n in nodes {
-                if client.node_status(&n.id).await.is_ok_and(|s| s.ring_agreed) {
-                    ready += 1;
+            for (child, n) in children.iter().zip(nodes) {
+                match client.node_status(&n.id).await {
+                    Ok(s) if s.pid != child.id() => {
+                        return Err(format!(
+                            "another process (pid {}) already serves node {} at its address; stop it first (`ringkv cluster down`) or pick other ports (--base-port)",
+                            s.pid, n.id
+                        ));
+                    }
+                    Ok(s) if s.ring_agreed => ready += 1,
+                    _ => {}
                 }
             }
             if ready == nodes.len() {

@@ -186,3 +186,50 @@ fn detached_cluster_on_distinct_loopback_addresses() {
     );
     common::assert_success(&out);
 }
+
+#[test]
+fn cluster_up_on_ports_another_cluster_serves_fails_instead_of_adopting_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_base_config(tmp.path());
+    let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+    let port = free_port().to_string();
+    let up = |data: &std::path::Path| {
+        cli_with(
+            &config,
+            &[
+                "cluster",
+                "up",
+                "--detach",
+                "--nodes",
+                "1",
+                "--base-port",
+                &port,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        )
+    };
+    common::assert_success(&up(&first));
+    let out = up(&second);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a second cluster on the same ports must not report ready: {stderr}"
+    );
+    assert!(
+        stderr.contains("another process") || stderr.contains("exited during startup"),
+        "the failure says why: {stderr}"
+    );
+    // The first cluster is untouched and still serves.
+    let effective = first.join("cluster.toml");
+    assert_eq!(
+        cli_with(&effective, &["put", "k", "v"]).status.code(),
+        Some(0)
+    );
+    let out = cli_with(
+        &config,
+        &["cluster", "down", "--data-dir", first.to_str().unwrap()],
+    );
+    common::assert_success(&out);
+}

@@ -30,7 +30,7 @@ use crate::protocol::{
     GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, Wire, decode_context,
     encode_context,
 };
-use crate::replica_io::{read_replica, remaining, write_replica};
+use crate::replica_io::{Fetched, read_remote, remaining, write_replica};
 use crate::request_stats::RequestStats;
 use crate::settings::RepairSettings;
 use crate::storage::hint_store::HintStore;
@@ -120,6 +120,36 @@ fn shortfall(needed: usize, got: usize, errors: &[KvError]) -> KvError {
     }
 }
 
+/// The copies a read gathered: this node's own (with its digest, which lets remote replicas
+/// holding the same object answer with a flag) and the join of every copy, made only once a
+/// differing copy arrives.
+#[derive(Default)]
+struct Gathered {
+    local: Option<Object>,
+    local_digest: Option<u64>,
+    joined: Option<Object>,
+}
+
+impl Gathered {
+    /// Joins a copy that differs from the local one (or was sent in full).
+    fn absorb(&mut self, copy: &Option<Object>, policy: ConflictPolicy) {
+        if let Some(o) = copy {
+            self.joined
+                .get_or_insert_with(|| self.local.clone().unwrap_or_default())
+                .merge(o, policy);
+        }
+    }
+
+    /// The join of every copy gathered so far.
+    fn result(&self) -> &Object {
+        static EMPTY: std::sync::LazyLock<Object> = std::sync::LazyLock::new(Object::default);
+        self.joined
+            .as_ref()
+            .or(self.local.as_ref())
+            .unwrap_or(&EMPTY)
+    }
+}
+
 /// Serves a client read: `respond` gets the answer as soon as R replicas replied; the task
 /// then waits for the rest (up to the deadline) and repairs replicas that are behind.
 pub async fn get(
@@ -144,13 +174,14 @@ pub async fn get(
         Ok(n) => n,
         Err(e) => return answer(Err(e)),
     };
+    let me = ctx.node_id.as_str();
     let partition = ctx.ring.partition_of(&req.key);
-    let up: Vec<String> = ctx
+    let up: Vec<&str> = ctx
         .ring
         .preference_list(partition)
         .iter()
+        .map(String::as_str)
         .filter(|n| ctx.peers.is_up(n))
-        .cloned()
         .collect();
     if up.len() < needed {
         return answer(Err(KvError::Unavailable {
@@ -163,18 +194,48 @@ pub async fn get(
     // Ask R replicas (this node first when it is one), keeping the rest as spares for failed
     // replies; a share of reads asks all N so replicas outside the first R get repaired too.
     let mut order = up.clone();
-    order.sort_by_key(|n| *n != ctx.node_id);
+    order.sort_by_key(|n| *n != me);
     let ask_all = rand::random::<f64>() < ctx.read_repair_chance;
     let first = if ask_all { order.len() } else { needed };
     let mut spares = order.split_off(first).into_iter();
-    let mut pending: FuturesUnordered<_> = order
-        .iter()
-        .map(|n| read_replica(&ctx, n.clone(), partition, &key, deadline))
-        .collect();
     let mut tally = Tally::new(needed, up.len());
-    let mut answers: Vec<(String, Option<Object>)> = Vec::new();
     let mut errors = Vec::new();
-    let mut merged = Object::default();
+    let mut copies = Gathered::default();
+    // Replicas known to hold exactly the local copy, and those that sent their own.
+    let mut holding_local: Vec<&str> = Vec::new();
+    let mut sent: Vec<(&str, Option<Object>)> = Vec::new();
+    let mut verdict = Verdict::Pending;
+    let mut remote: Vec<&str> = Vec::new();
+    // The local copy first, in place: a cached read takes microseconds, and its digest spares
+    // the remote replicas sending an object this node already has.
+    for n in order {
+        if n != me {
+            remote.push(n);
+            continue;
+        }
+        verdict = match ctx.table.read_with_digest(partition, &key) {
+            Ok(copy) => {
+                if let Some((o, d)) = copy {
+                    copies.local = Some(o);
+                    copies.local_digest = Some(d);
+                }
+                holding_local.push(n);
+                tally.success()
+            }
+            Err(e) => {
+                errors.push(e);
+                remote.extend(spares.next());
+                tally.failure()
+            }
+        };
+    }
+    let unless = copies.local_digest;
+    let (key_ref, ctx_ref) = (key.as_slice(), &*ctx);
+    let read = move |n| async move {
+        let r = read_remote(ctx_ref, n, partition, key_ref, unless, deadline).await;
+        (n, r)
+    };
+    let mut pending: FuturesUnordered<_> = remote.into_iter().map(read).collect();
     let mut request = Some(request);
     // A replica that hangs before the detector knows would hold the read until its deadline:
     // when the first R replies are late, the spares are asked too.
@@ -182,59 +243,85 @@ pub async fn get(
     // every read to every replica; capped, since reads held by a hung replica raise the p99.
     let base = ctx.speculative_read_after;
     let after = (ctx.stats.recent_p99() * 2).clamp(base, base * 10);
-    let mut speculate_at = Some(Instant::now() + after).filter(|_| spares.len() > 0);
+    let mut speculating = spares.len() > 0;
+    let first_wake = if speculating {
+        (Instant::now() + after).min(deadline)
+    } else {
+        deadline
+    };
+    let timer = tokio::time::sleep_until(first_wake.into());
+    tokio::pin!(timer);
     loop {
-        let wait_for = speculate_at.map_or(deadline, |t| t.min(deadline));
-        let next = tokio::time::timeout(remaining(wait_for), pending.next()).await;
-        let (node, replica_answer) = match next {
-            Ok(Some(answer)) => answer,
-            Ok(None) => break,
-            Err(_) if speculate_at.is_some() && Instant::now() < deadline => {
-                speculate_at = None;
-                for spare in spares.by_ref() {
-                    pending.push(read_replica(&ctx, spare, partition, &key, deadline));
-                }
-                continue;
+        if request.is_some() {
+            match verdict {
+                Verdict::Met => answer(Ok(reply_of(copies.result()))),
+                Verdict::Impossible => answer(Err(shortfall(needed, tally.successes(), &errors))),
+                Verdict::Pending => {}
             }
-            Err(_) => break,
-        };
-        let verdict = match replica_answer {
-            Ok(object) => {
-                if let Some(o) = &object {
-                    merged.merge(o, ctx.conflict);
+            if verdict != Verdict::Pending {
+                request.take();
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let (node, fetched) = tokio::select! {
+            biased;
+            next = pending.next() => match next {
+                Some(a) => a,
+                None => break,
+            },
+            () = &mut timer => {
+                if speculating && Instant::now() < deadline {
+                    speculating = false;
+                    for spare in spares.by_ref() {
+                        pending.push(read(spare));
+                    }
+                    timer.as_mut().reset(deadline.into());
+                    continue;
                 }
-                answers.push((node, object));
+                break;
+            }
+        };
+        verdict = match fetched {
+            Ok(Fetched::Same) => {
+                holding_local.push(node);
+                tally.success()
+            }
+            Ok(Fetched::Object(o)) => {
+                copies.absorb(&o, ctx.conflict);
+                sent.push((node, o));
                 tally.success()
             }
             Err(e) => {
                 errors.push(e);
                 if let Some(spare) = spares.next() {
-                    pending.push(read_replica(&ctx, spare, partition, &key, deadline));
+                    pending.push(read(spare));
                 }
                 tally.failure()
             }
         };
-        match verdict {
-            Verdict::Met => answer(Ok(reply_of(&merged))),
-            Verdict::Impossible => answer(Err(shortfall(needed, tally.successes(), &errors))),
-            Verdict::Pending => continue,
-        }
-        request.take();
     }
     answer(Err(KvError::Timeout));
     drop(request);
     // Every reply is in (or the deadline passed): repair the replicas that are behind.
-    let stale: Vec<String> = answers
+    let result = copies.result();
+    if *result == Object::default() {
+        return;
+    }
+    let mut stale: Vec<&str> = sent
         .iter()
-        .filter(|(_, o)| o.as_ref() != Some(&merged) && merged != Object::default())
-        .map(|(n, _)| n.clone())
+        .filter(|(_, o)| o.as_ref() != Some(result))
+        .map(|(n, _)| *n)
         .collect();
+    if copies.local.as_ref() != Some(result) {
+        stale.extend(holding_local);
+    }
     if !stale.is_empty() {
-        let bytes = encode_object(&merged);
+        let bytes = encode_object(result);
         let deadline = Instant::now() + ctx.default_timeout;
         for node in stale {
-            if let Err(e) =
-                write_replica(&ctx, &node, partition, &key, &bytes, None, deadline).await
+            if let Err(e) = write_replica(&ctx, node, partition, &key, &bytes, None, deadline).await
             {
                 tracing::debug!(%node, error = %e, "read repair failed");
             }

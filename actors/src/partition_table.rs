@@ -8,10 +8,12 @@ use ractor::ActorRef;
 use redb::Database;
 
 use crate::actors::vnode::VnodeMessage;
+use crate::core::codec::decode_object;
 use crate::core::merkle::{MerkleTree, segment_of};
 use crate::core::version::Object;
 use crate::protocol::{KvError, VnodeHealth, VnodeInfo};
 use crate::storage::memtable::Memtable;
+use crate::storage::object_cache::ObjectCache;
 use crate::storage::vnode_store::{DigestPage, VnodeStore};
 
 #[derive(Default)]
@@ -26,7 +28,7 @@ struct Slot {
 struct Live {
     health: VnodeHealth,
     vnode: Option<ActorRef<VnodeMessage>>,
-    reader: Option<(Arc<Database>, Arc<Memtable>)>,
+    reader: Option<ReadView>,
     tree: Option<Arc<Mutex<MerkleTree>>>,
 }
 
@@ -39,6 +41,61 @@ impl Default for Live {
             tree: None,
         }
     }
+}
+
+/// What readers of a vnode use, all published by the vnode: its file, its memtable and its
+/// object cache.
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    /// Handle on the vnode's file.
+    pub db: Arc<Database>,
+    /// Writes not yet in the file.
+    pub memtable: Arc<Memtable>,
+    /// Current objects of recently read or written keys.
+    pub cache: Arc<ObjectCache>,
+}
+
+impl ReadView {
+    /// Applies `f` to `key`'s current object, its encoding and (when known without hashing)
+    /// its digest: from the memtable, the cache, else the file. What the file gives is cached
+    /// unless a write arrived meanwhile (see `ObjectCache::admit`).
+    fn lookup<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&Object, &[u8], Option<u64>) -> T,
+    ) -> Result<Option<T>, KvError> {
+        // Taken before the memtable is consulted, so a write racing this read is seen by one
+        // of the two checks below or refuses the admission.
+        let generation = self.cache.generation();
+        let mut f = Some(f);
+        let mut call =
+            |o: &Object, b: &[u8], d: Option<u64>| (f.take().expect("called once"))(o, b, d);
+        if let Some(t) = self.memtable.peek(key, |o, b| call(o, b, None)) {
+            return Ok(Some(t));
+        }
+        if let Some(t) = self.cache.peek(key, |o, b, d| call(o, b, Some(d))) {
+            return Ok(Some(t));
+        }
+        let stored =
+            VnodeStore::read_raw(&self.db, key).map_err(|e| KvError::Storage(e.to_string()))?;
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        let object = decode_object(&bytes).map_err(|e| KvError::Storage(format!("decode: {e}")))?;
+        let digest = object.digest();
+        let t = call(&object, &bytes, Some(digest));
+        self.cache.admit(key, (object, bytes, digest), generation);
+        Ok(Some(t))
+    }
+}
+
+/// What a replica holds for a key, as a peer that already holds one copy needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCopy {
+    /// The object has the digest the peer named.
+    Same,
+    /// The encoded object, `None` when the key is absent.
+    Differs(Option<Vec<u8>>),
 }
 
 /// No vnode serves the partition on this node (not held here, starting, or failed).
@@ -77,7 +134,7 @@ impl PartitionTable {
         &self,
         partition: u32,
         vnode: ActorRef<VnodeMessage>,
-        reader: (Arc<Database>, Arc<Memtable>),
+        reader: ReadView,
         tree: Arc<Mutex<MerkleTree>>,
     ) {
         if let Some(s) = self.slot(partition) {
@@ -156,23 +213,50 @@ impl PartitionTable {
             .sum()
     }
 
-    /// Reads `key` from `partition`'s vnode: its memtable, then its file's latest snapshot.
-    /// Never enters the vnode's mailbox.
-    pub fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Object>, KvError> {
-        let (db, memtable) = self
-            .slot(partition)
+    fn view(&self, partition: u32) -> Result<ReadView, KvError> {
+        self.slot(partition)
             .and_then(|s| s.live.read().unwrap().reader.clone())
-            .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
-        if let Some(o) = memtable.get(key) {
-            return Ok(Some(o));
-        }
-        VnodeStore::read(&db, key).map_err(|e| KvError::Storage(e.to_string()))
+            .ok_or(KvError::Unavailable { needed: 1, got: 0 })
+    }
+
+    /// Reads `key` from `partition`'s vnode: its memtable, its object cache, then its file's
+    /// latest snapshot. Never enters the vnode's mailbox.
+    pub fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Object>, KvError> {
+        self.view(partition)?.lookup(key, |o, _, _| o.clone())
+    }
+
+    /// Like [`PartitionTable::read`], with the object's digest.
+    pub fn read_with_digest(
+        &self,
+        partition: u32,
+        key: &[u8],
+    ) -> Result<Option<(Object, u64)>, KvError> {
+        self.view(partition)?
+            .lookup(key, |o, _, d| (o.clone(), d.unwrap_or_else(|| o.digest())))
+    }
+
+    /// A replica read for a peer: the encoded object, or only [`PeerCopy::Same`] when its digest
+    /// is `unless` (the copy the peer already holds).
+    pub fn read_for_peer(
+        &self,
+        partition: u32,
+        key: &[u8],
+        unless: Option<u64>,
+    ) -> Result<PeerCopy, KvError> {
+        let copy = self.view(partition)?.lookup(key, |o, b, d| {
+            if unless.is_some() && unless == Some(d.unwrap_or_else(|| o.digest())) {
+                PeerCopy::Same
+            } else {
+                PeerCopy::Differs(Some(b.to_vec()))
+            }
+        })?;
+        Ok(copy.unwrap_or(PeerCopy::Differs(None)))
     }
 
     /// A read handle on `partition`'s file, when its vnode is serving.
     pub fn reader(&self, partition: u32) -> Option<Arc<Database>> {
         let live = self.slot(partition)?.live.read().unwrap();
-        live.reader.as_ref().map(|(db, _)| db.clone())
+        live.reader.as_ref().map(|v| v.db.clone())
     }
 
     /// A copy of `partition`'s merkle tree, when its vnode is serving.
@@ -194,10 +278,7 @@ impl PartitionTable {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<DigestPage, KvError> {
-        let (db, memtable) = self
-            .slot(partition)
-            .and_then(|s| s.live.read().unwrap().reader.clone())
-            .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
+        let ReadView { db, memtable, .. } = self.view(partition)?;
         let wanted: std::collections::HashSet<u32> = wanted.iter().copied().collect();
         let keep = |k: &[u8]| wanted.contains(&segment_of(k, tree_segments));
         // The memtable first: a flush between the two reads then leaves keys in the file's

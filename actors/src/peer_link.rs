@@ -67,6 +67,10 @@ async fn next_batch<J>(
         Some(j) => j,
         None => rx.recv().await?,
     };
+    // Coordinators already runnable on this worker enqueue their requests before the batch is
+    // cut: one scheduling round's requests travel together, and an idle link waits no longer
+    // than one pass of the run queue.
+    tokio::task::yield_now().await;
     let mut bytes = size(&first);
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
@@ -129,7 +133,8 @@ impl PeerLink {
         PeerLink { reads, writes }
     }
 
-    /// Reads a key's object on the peer.
+    /// Reads a key's object on the peer. A job past `deadline` is answered `Timeout` when its
+    /// batch is cut or its call times out; the caller keeps its own deadline too.
     pub async fn read(
         &self,
         req: ReplicaRead,
@@ -139,7 +144,7 @@ impl PeerLink {
         self.reads
             .send((req, deadline, tx))
             .map_err(|_| unreachable())?;
-        answered(rx, deadline).await
+        rx.await.unwrap_or_else(|_| Err(unreachable()))
     }
 
     /// Merges an object into the peer's replica; `Ok` once durable there.

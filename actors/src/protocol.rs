@@ -199,13 +199,20 @@ pub struct ReplicaRead {
     pub partition: u32,
     /// The key bytes.
     pub key: ByteBuf,
+    /// Digest of the copy the reader already holds: a replica whose object has it answers
+    /// `same` instead of sending the object (a digest read).
+    #[serde(default)]
+    pub unless: Option<u64>,
 }
 
 /// A replica's stored object (encoded), absent when it holds nothing for the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaObject {
-    /// The encoded object.
+    /// The encoded object; `None` when absent or when `same` is set.
     pub object: Option<ByteBuf>,
+    /// The replica's object has the digest the read named in `unless`.
+    #[serde(default)]
+    pub same: bool,
 }
 
 /// Merges an object into a replica (replication and read repair); idempotent.
@@ -439,6 +446,9 @@ pub struct NodeStatus {
     /// Hints handed back to their owners since this node started.
     #[serde(default)]
     pub hints_delivered: u64,
+    /// The node's process id (a launcher tells its own nodes from others on the same ports).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// One member as a node's failure detector sees it.

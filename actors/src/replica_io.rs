@@ -44,6 +44,7 @@ pub fn remaining(deadline: Instant) -> Duration {
 /// One replica's answer to a read: its object, or why it gave none.
 pub type ReadAnswer = (String, Result<Option<Object>, KvError>);
 
+/// Reads `node`'s copy of a key, local or remote.
 pub async fn read_replica(
     ctx: &NodeContext,
     node: String,
@@ -54,26 +55,54 @@ pub async fn read_replica(
     if node == ctx.node_id {
         return (node, ctx.table.read(partition, key));
     }
-    let Some(_slot) = ctx.peers.acquire(&node) else {
-        return (node, Err(KvError::Overloaded));
+    let read = read_remote(ctx, &node, partition, key, None, deadline);
+    let r = match tokio::time::timeout(remaining(deadline), read).await {
+        Ok(Ok(Fetched::Object(o))) => Ok(o),
+        Ok(Ok(Fetched::Same)) => Err(KvError::Storage("digest answer to a full read".into())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(KvError::Timeout),
     };
-    let Some(link) = ctx.links.get(&node) else {
-        return (node, Err(KvError::Unavailable { needed: 1, got: 0 }));
-    };
+    (node, r)
+}
+
+/// A remote replica's answer to a read.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Its object has the digest the read named.
+    Same,
+    /// Its object, `None` when it holds nothing for the key.
+    Object(Option<Object>),
+}
+
+/// Reads a remote replica's copy of a key; with `unless`, a replica holding an object of that
+/// digest answers [`Fetched::Same`] instead of sending it. Bounded by the peer link's deadline
+/// handling only: callers wait under their own deadline.
+pub async fn read_remote(
+    ctx: &NodeContext,
+    node: &str,
+    partition: u32,
+    key: &[u8],
+    unless: Option<u64>,
+    deadline: Instant,
+) -> Result<Fetched, KvError> {
+    let _slot = ctx.peers.acquire(node).ok_or(KvError::Overloaded)?;
+    let link = ctx
+        .links
+        .get(node)
+        .ok_or(KvError::Unavailable { needed: 1, got: 0 })?;
     let req = ReplicaRead {
         partition,
         key: ByteBuf::from(key.to_vec()),
+        unless,
     };
-    let r = link
-        .read(req, deadline)
-        .await
-        .and_then(|ReplicaObject { object }| match object {
-            None => Ok(None),
-            Some(bytes) => decode_object(&bytes)
-                .map(Some)
-                .map_err(|e| KvError::Storage(e.to_string())),
-        });
-    (node, r)
+    let ReplicaObject { object, same } = link.read(req, deadline).await?;
+    if same {
+        return Ok(Fetched::Same);
+    }
+    object
+        .map(|bytes| decode_object(&bytes).map_err(|e| KvError::Storage(e.to_string())))
+        .transpose()
+        .map(Fetched::Object)
 }
 
 /// Merges `object` into this node's vnode of `partition`; `Ok` once durable.

@@ -46,6 +46,8 @@ pub struct NodeSettings {
     pub durability: LogDurability,
     /// Page cache of each vnode's redb file, in bytes.
     pub vnode_cache_bytes: usize,
+    /// Object cache of the whole node, in bytes, shared out among its vnodes.
+    pub object_cache_bytes: usize,
     /// Most writes one vnode commit takes.
     pub batch_max_writes: usize,
     /// Most payload bytes one vnode commit takes.

@@ -63,6 +63,7 @@ impl Actor for Admin {
                     hints_delivered: ctx
                         .hints_delivered
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    pid: std::process::id(),
                 }));
             }
             AdminMessage::Aae(_, reply) => {

@@ -139,6 +139,7 @@ impl Actor for NodeSupervisor {
             node_dir: settings.node_dir.clone(),
             partitions: local.clone(),
             cache_bytes: settings.vnode_cache_bytes,
+            object_cache_bytes: settings.object_cache_bytes / local.len().max(1),
             log: log.clone(),
             dots,
             durability: settings.durability,

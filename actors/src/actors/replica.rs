@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 
 use crate::anti_entropy;
 use crate::coordinator::{self, NodeContext};
-use crate::core::codec::encode_object;
+use crate::partition_table::PeerCopy;
 use crate::protocol::{
     Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
     Wire, WriteBatchReply,
@@ -149,10 +149,18 @@ impl Actor for Replica {
 
 /// This node's stored object for a replica read.
 fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvError> {
-    let object = ctx.table.read(r.partition, &r.key)?;
-    Ok(ReplicaObject {
-        object: object.map(|o| ByteBuf::from(encode_object(&o))),
-    })
+    Ok(
+        match ctx.table.read_for_peer(r.partition, &r.key, r.unless)? {
+            PeerCopy::Same => ReplicaObject {
+                object: None,
+                same: true,
+            },
+            PeerCopy::Differs(object) => ReplicaObject {
+                object: object.map(ByteBuf::from),
+                same: false,
+            },
+        },
+    )
 }
 
 /// Applies a batch of replica writes: merges into local vnodes, and hints (for a down replica

@@ -18,11 +18,12 @@ use ractor_cluster::RactorMessage;
 use crate::core::codec::encode_object;
 use crate::core::merkle::{DEFAULT_SEGMENTS, MerkleTree};
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
-use crate::partition_table::PartitionTable;
+use crate::partition_table::{PartitionTable, ReadView};
 use crate::protocol::{KvError, VnodeHealth};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::memtable::Memtable;
+use crate::storage::object_cache::ObjectCache;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 use tokio::sync::oneshot;
 
@@ -126,6 +127,8 @@ pub struct VnodeArgs {
     pub path: PathBuf,
     /// Page cache size for the file.
     pub cache_bytes: usize,
+    /// Size of the vnode's object cache.
+    pub object_cache_bytes: usize,
     /// The node's commit log.
     pub log: CommitLog,
     /// The node's dot counter sequence.
@@ -164,6 +167,7 @@ pub struct VnodeState {
     args: VnodeArgs,
     store: VnodeStore,
     memtable: Arc<Memtable>,
+    cache: Arc<ObjectCache>,
     flush_scheduled: bool,
     pending: Vec<Op>,
     pending_bytes: usize,
@@ -232,12 +236,14 @@ impl Actor for Vnode {
         }
         let tree = Arc::new(Mutex::new(tree));
         let memtable = Arc::new(Memtable::default());
-        args.table.serve(
-            args.partition,
-            myself.clone(),
-            (store.reader(), memtable.clone()),
-            tree.clone(),
-        );
+        let cache = Arc::new(ObjectCache::new(args.object_cache_bytes));
+        let view = ReadView {
+            db: store.reader(),
+            memtable: memtable.clone(),
+            cache: cache.clone(),
+        };
+        args.table
+            .serve(args.partition, myself.clone(), view, tree.clone());
         tracing::debug!(
             partition = args.partition,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -247,6 +253,7 @@ impl Actor for Vnode {
             args,
             store,
             memtable,
+            cache,
             flush_scheduled: false,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -394,7 +401,8 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     let (node, dots) = (state.args.node_id.clone(), state.args.dots.clone());
     let (conflict, partition) = (state.args.conflict, state.args.partition);
     let now = now_ms();
-    // Current objects: the memtable's, else the file's (one snapshot for the batch).
+    // Current objects: the memtable's, else the cache's, else the file's (one snapshot for the
+    // batch).
     let mut latest: HashMap<Vec<u8>, Result<Object, KvError>> = HashMap::new();
     // Digest of each key's object before the batch (`None`: absent), for the merkle tree.
     let mut before: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
@@ -403,14 +411,16 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         ops.iter()
             .map(Op::key)
             .filter(|k| seen.insert(*k))
-            .filter(|k| match state.memtable.get(k) {
-                Some(o) => {
-                    before.insert(k.to_vec(), Some(o.digest()));
-                    latest.insert(k.to_vec(), Ok(o));
-                    false
-                }
-                None => true,
-            })
+            .filter(
+                |k| match state.memtable.get(k).or_else(|| state.cache.get(k)) {
+                    Some(o) => {
+                        before.insert(k.to_vec(), Some(o.digest()));
+                        latest.insert(k.to_vec(), Ok(o));
+                        false
+                    }
+                    None => true,
+                },
+            )
             .collect()
     };
     let stored = match state.store.read_many(&missing) {
@@ -473,14 +483,21 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             object: object.clone(),
         })
         .collect();
+    let digests: Vec<u64> = written.iter().map(|(_, o, _)| o.digest()).collect();
     {
         let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, object, _) in &written {
+        for ((key, _, _), &digest) in written.iter().zip(&digests) {
             let old = before.get(key).copied().flatten();
-            tree.update(key, old, Some(object.digest()));
+            tree.update(key, old, Some(digest));
         }
     }
+    // The memtable first: a reader that starts after the cache's update then finds the new
+    // object there, so it can never admit the file's older copy.
+    let cached: Vec<_> = written.clone();
     state.memtable.insert_all(written);
+    for ((key, object, bytes), digest) in cached.into_iter().zip(digests) {
+        state.cache.put(key, object, bytes, digest);
+    }
     // A write's minted reply carries its key's new object, for the coordinator to replicate; the
     // dot sequence never reissues its counter even if this commit is lost in a crash.
     let index: HashMap<&[u8], usize> = entries
@@ -556,6 +573,7 @@ fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorP
     let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
     for (key, digest) in &gone {
         state.memtable.remove(key);
+        state.cache.remove(key);
         tree.update(key, Some(*digest), None);
     }
     Ok(gone.len() as u64)

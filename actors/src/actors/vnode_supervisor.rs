@@ -47,6 +47,8 @@ pub struct VnodeSupervisorArgs {
     pub partitions: Vec<u32>,
     /// Page cache per vnode file.
     pub cache_bytes: usize,
+    /// Object cache per vnode.
+    pub object_cache_bytes: usize,
     /// The node's commit log.
     pub log: CommitLog,
     /// The node's dot counter sequence.
@@ -98,6 +100,7 @@ impl VnodeSupervisorState {
             node_id: Incarnation::author(&a.node_id, a.incarnation.current()),
             path: vnode_path(&a.node_dir, partition),
             cache_bytes: a.cache_bytes,
+            object_cache_bytes: a.object_cache_bytes,
             log: a.log.clone(),
             dots: a.dots.clone(),
             durability: a.durability,

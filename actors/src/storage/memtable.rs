@@ -29,6 +29,16 @@ impl Memtable {
             .map(|(o, _)| o.clone())
     }
 
+    /// Applies `f` to `key`'s latest object and its encoding if it was written since the last
+    /// flush.
+    pub fn peek<T>(&self, key: &[u8], f: impl FnOnce(&Object, &[u8]) -> T) -> Option<T> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|(o, b)| f(o, b))
+    }
+
     /// Records new objects (the vnode is the only writer).
     pub fn insert_all(&self, objects: impl IntoIterator<Item = (Vec<u8>, Object, Vec<u8>)>) {
         let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());

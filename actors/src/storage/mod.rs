@@ -6,4 +6,5 @@ pub mod durable_u64;
 pub mod hint_store;
 pub mod incarnation;
 pub mod memtable;
+pub mod object_cache;
 pub mod vnode_store;

@@ -98,6 +98,16 @@ impl VnodeStore {
         }
     }
 
+    /// Reads one key's encoded object from the latest committed snapshot.
+    pub fn read_raw(db: &Database, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        Ok(table
+            .get(key)
+            .map_err(|e| err("get", e))?
+            .map(|v| v.value().to_vec()))
+    }
+
     /// Every stored key that `wanted` accepts with its object's digest, in key order, from one
     /// snapshot. An undecodable object gets a digest of its raw bytes, so it still differs.
     pub fn digests(
