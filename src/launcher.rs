@@ -338,8 +338,13 @@ async fn wait_ready(
                 match client.node_status(&n.id).await {
                     Ok(s) if s.pid != child.id() => {
                         return Err(format!(
-                            "another process (pid {}) already serves node {} at its address; stop it first (`ringkv cluster down`) or pick other ports (--base-port)",
-                            s.pid, n.id
+                            "another process ({}) already serves node {} at its address; stop it first (`ringkv cluster down`) or pick other ports (--base-port)",
+                            if s.pid == 0 {
+                                "an older ringkv".to_string()
+                            } else {
+                                format!("pid {}", s.pid)
+                            },
+                            n.id
                         ));
                     }
                     Ok(s) if s.ring_agreed => ready += 1,

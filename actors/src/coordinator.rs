@@ -304,17 +304,21 @@ pub async fn get(
     }
     answer(Err(KvError::Timeout));
     drop(request);
-    // Every reply is in (or the deadline passed): repair the replicas that are behind.
+    // Unanswered reads give their peers' in-flight slots back before repairs start.
+    drop(pending);
+    // Every reply is in (or the deadline passed): repair the replicas that are behind,
+    // comparing digests (canonical, unlike the objects' field order).
     let result = copies.result();
     if *result == Object::default() {
         return;
     }
+    let target = result.digest();
     let mut stale: Vec<&str> = sent
         .iter()
-        .filter(|(_, o)| o.as_ref() != Some(result))
+        .filter(|(_, o)| o.as_ref().map(Object::digest) != Some(target))
         .map(|(n, _)| *n)
         .collect();
-    if copies.local.as_ref() != Some(result) {
+    if copies.local_digest != Some(target) {
         stale.extend(holding_local);
     }
     if !stale.is_empty() {

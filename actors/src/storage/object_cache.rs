@@ -128,24 +128,31 @@ impl ObjectCache {
     fn insert(&self, inner: &mut Inner, key: Vec<u8>, entry: Entry) {
         let size = Entry::size(&key, &entry.encoded);
         if size > self.capacity {
+            // Too big to cache: the key's older copy must not stay behind as its current one.
+            if let Some(old) = inner.map.remove(&key) {
+                inner.bytes -= Entry::size(&key, &old.encoded);
+            }
             return;
         }
         if let Some(old) = inner.map.insert(key.clone(), entry) {
             inner.bytes -= Entry::size(&key, &old.encoded);
         }
         inner.bytes += size;
-        if inner.bytes > self.capacity {
-            let mut i = 0usize;
-            let mut freed = 0usize;
+        // Every fourth entry in hash order; once that frees nothing (a handful of large
+        // entries), everything but the new key.
+        let mut all = false;
+        while inner.bytes > self.capacity {
+            let (mut i, mut freed) = (0usize, 0usize);
             inner.map.retain(|k, e| {
                 i += 1;
-                let keep = i % 4 != 0 || k == &key;
+                let keep = k == &key || (!all && i % 4 != 0);
                 if !keep {
                     freed += Entry::size(k, &e.encoded);
                 }
                 keep
             });
             inner.bytes -= freed;
+            all = freed == 0;
         }
     }
 
@@ -245,6 +252,29 @@ mod tests {
             .map(|(k, e)| Entry::size(k, &e.encoded))
             .sum();
         assert_eq!(counted, cache.bytes());
+    }
+
+    #[test]
+    fn an_object_too_big_to_cache_evicts_the_older_copy_of_its_key() {
+        let cache = ObjectCache::new(1024);
+        let (small, small_bytes) = entry(b"small");
+        cache.put(b"k".to_vec(), small, small_bytes, 1);
+        let (big, big_bytes) = entry(&[1u8; 2048]);
+        cache.put(b"k".to_vec(), big, big_bytes, 2);
+        assert_eq!(cache.get(b"k"), None);
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn a_few_large_entries_still_respect_the_capacity() {
+        let cap = 1024;
+        let cache = ObjectCache::new(cap);
+        for i in 0..6u8 {
+            let (o, bytes) = entry(&[i; 300]);
+            cache.put(vec![i], o, bytes, 1);
+            assert!(cache.bytes() <= cap, "{} > {cap}", cache.bytes());
+            assert!(cache.get(&[i]).is_some(), "the newest entry stays");
+        }
     }
 
     #[test]
