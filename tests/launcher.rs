@@ -33,26 +33,37 @@ fn status_json(config: &std::path::Path, data: &std::path::Path) -> serde_json::
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `ringkv cluster up --detach --nodes N --base-port PORT --data-dir DATA [extra…]`.
+fn cluster_up(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    nodes: u32,
+    port: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let nodes = nodes.to_string();
+    let mut args = vec![
+        "cluster",
+        "up",
+        "--detach",
+        "--nodes",
+        &nodes,
+        "--base-port",
+        port,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli_with(config, &args)
+}
+
 #[test]
 fn detached_cluster_up_status_down() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_base_config(tmp.path());
     let data = tmp.path().join("state");
     let port = free_port().to_string();
-    let out = cli_with(
-        &config,
-        &[
-            "cluster",
-            "up",
-            "--detach",
-            "--nodes",
-            "2",
-            "--base-port",
-            &port,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-    );
+    let out = cluster_up(&config, &data, 2, &port, &[]);
     common::assert_success(&out);
     let effective = data.join("cluster.toml");
     assert!(
@@ -153,21 +164,7 @@ fn detached_cluster_on_distinct_loopback_addresses() {
     let config = write_base_config(tmp.path());
     let data = tmp.path().join("distinct");
     let port = free_port();
-    let out = cli_with(
-        &config,
-        &[
-            "cluster",
-            "up",
-            "--detach",
-            "--nodes",
-            "3",
-            "--distinct-addrs",
-            "--base-port",
-            &port.to_string(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-    );
+    let out = cluster_up(&config, &data, 3, &port.to_string(), &["--distinct-addrs"]);
     common::assert_success(&out);
     let status = status_json(&config, &data);
     let nodes = status["nodes"].as_array().unwrap();
@@ -193,24 +190,8 @@ fn cluster_up_on_ports_another_cluster_serves_fails_instead_of_adopting_it() {
     let config = write_base_config(tmp.path());
     let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
     let port = free_port().to_string();
-    let up = |data: &std::path::Path| {
-        cli_with(
-            &config,
-            &[
-                "cluster",
-                "up",
-                "--detach",
-                "--nodes",
-                "1",
-                "--base-port",
-                &port,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-        )
-    };
-    common::assert_success(&up(&first));
-    let out = up(&second);
+    common::assert_success(&cluster_up(&config, &first, 1, &port, &[]));
+    let out = cluster_up(&config, &second, 1, &port, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(
         out.status.code(),
