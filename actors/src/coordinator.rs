@@ -30,10 +30,11 @@ use crate::protocol::{
     GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, Wire, decode_context,
     encode_context,
 };
-use crate::replica_io::{Fetched, read_remote, remaining, write_replica};
+use crate::replica_io::{Fetched, read_remote, remaining, replicate, write_replica};
 use crate::request_stats::RequestStats;
 use crate::settings::RepairSettings;
 use crate::storage::hint_store::HintStore;
+use crate::storage::stored::Stored;
 
 /// Everything a coordinator needs from its node.
 #[derive(Debug)]
@@ -125,8 +126,7 @@ fn shortfall(needed: usize, got: usize, errors: &[KvError]) -> KvError {
 /// differing copy arrives.
 #[derive(Default)]
 struct Gathered {
-    local: Option<Object>,
-    local_digest: Option<u64>,
+    local: Option<Arc<Stored>>,
     joined: Option<Object>,
 }
 
@@ -135,7 +135,12 @@ impl Gathered {
     fn absorb(&mut self, copy: &Option<Object>, policy: ConflictPolicy) {
         if let Some(o) = copy {
             self.joined
-                .get_or_insert_with(|| self.local.clone().unwrap_or_default())
+                .get_or_insert_with(|| {
+                    self.local
+                        .as_ref()
+                        .map(|s| s.object.clone())
+                        .unwrap_or_default()
+                })
                 .merge(o, policy);
         }
     }
@@ -145,8 +150,22 @@ impl Gathered {
         static EMPTY: std::sync::LazyLock<Object> = std::sync::LazyLock::new(Object::default);
         self.joined
             .as_ref()
-            .or(self.local.as_ref())
+            .or(self.local.as_ref().map(|s| &s.object))
             .unwrap_or(&EMPTY)
+    }
+
+    /// The digest of [`Gathered::result`], hashed only when copies were joined.
+    fn result_digest(&self) -> u64 {
+        match (&self.joined, &self.local) {
+            (Some(j), _) => j.digest(),
+            (None, Some(s)) => s.digest,
+            (None, None) => Object::default().digest(),
+        }
+    }
+
+    /// The local copy's digest, when it holds the key.
+    fn local_digest(&self) -> Option<u64> {
+        self.local.as_ref().map(|s| s.digest)
     }
 }
 
@@ -213,12 +232,9 @@ pub async fn get(
             remote.push(n);
             continue;
         }
-        verdict = match ctx.table.read_with_digest(partition, &key) {
+        verdict = match ctx.table.read_stored(partition, &key) {
             Ok(copy) => {
-                if let Some((o, d)) = copy {
-                    copies.local = Some(o);
-                    copies.local_digest = Some(d);
-                }
+                copies.local = copy;
                 holding_local.push(n);
                 tally.success()
             }
@@ -229,7 +245,7 @@ pub async fn get(
             }
         };
     }
-    let unless = copies.local_digest;
+    let unless = copies.local_digest();
     let (key_ref, ctx_ref) = (key.as_slice(), &*ctx);
     let read = move |n| async move {
         let r = read_remote(ctx_ref, n, partition, key_ref, unless, deadline).await;
@@ -312,13 +328,13 @@ pub async fn get(
     if *result == Object::default() {
         return;
     }
-    let target = result.digest();
+    let target = copies.result_digest();
     let mut stale: Vec<&str> = sent
         .iter()
         .filter(|(_, o)| o.as_ref().map(Object::digest) != Some(target))
         .map(|(n, _)| *n)
         .collect();
-    if copies.local_digest != Some(target) {
+    if copies.local_digest() != Some(target) {
         stale.extend(holding_local);
     }
     if !stale.is_empty() {
@@ -406,12 +422,16 @@ pub async fn put(
     ctx.table
         .send(partition, VnodeMessage::Write(op))
         .map_err(|_| KvError::Unavailable { needed, got: 0 })?;
-    let WriteOutcome { context, object } =
-        match tokio::time::timeout(remaining(deadline), minted_rx).await {
-            Ok(Ok(r)) => r?,
-            Ok(Err(_)) => return Err(KvError::Unavailable { needed, got: 0 }),
-            Err(_) => return Err(KvError::Timeout),
-        };
+    // One timer for the whole request.
+    let expired = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(expired);
+    let WriteOutcome { context, object } = tokio::select! {
+        minted = minted_rx => match minted {
+            Ok(r) => r?,
+            Err(_) => return Err(KvError::Unavailable { needed, got: 0 }),
+        },
+        () = &mut expired => return Err(KvError::Timeout),
+    };
     let reply = PutReply {
         context: ByteBuf::from(encode_context(&context)),
     };
@@ -428,13 +448,20 @@ pub async fn put(
     let mut pending: FuturesUnordered<_> = others
         .iter()
         .map(|(n, hint)| {
-            write_replica(&ctx, n, partition, &key, &object, hint.as_deref(), deadline).boxed()
+            replicate(&ctx, n, partition, &key, &object, hint.as_deref(), deadline).boxed()
         })
         .collect();
     pending.push(local.boxed());
     let mut errors = Vec::new();
     // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
-    while let Ok(Some(r)) = tokio::time::timeout(remaining(deadline), pending.next()).await {
+    loop {
+        let r = tokio::select! {
+            next = pending.next() => match next {
+                Some(r) => r,
+                None => break,
+            },
+            () = &mut expired => break,
+        };
         let verdict = match r {
             Ok(()) => tally.success(),
             Err(e) => {

@@ -14,7 +14,8 @@ use crate::core::version::Object;
 use crate::protocol::{KvError, VnodeHealth, VnodeInfo};
 use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
-use crate::storage::vnode_store::{DigestPage, VnodeStore};
+use crate::storage::stored::Stored;
+use crate::storage::vnode_store::{DigestPage, VnodeStore, is_old_tombstone};
 
 #[derive(Default)]
 struct Slot {
@@ -56,25 +57,14 @@ pub struct ReadView {
 }
 
 impl ReadView {
-    /// Applies `f` to `key`'s current object, its encoding and (when known without hashing)
-    /// its digest: from the memtable, the cache, else the file. What the file gives is cached
-    /// unless a write arrived meanwhile (see `ObjectCache::admit`).
-    fn lookup<T>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(&Object, &[u8], Option<u64>) -> T,
-    ) -> Result<Option<T>, KvError> {
+    /// `key`'s current object: from the memtable, the cache, else the file. What the file
+    /// gives is cached unless a write raced the read.
+    fn lookup(&self, key: &[u8]) -> Result<Option<Arc<Stored>>, KvError> {
         // Taken before the memtable is consulted, so a write racing this read is seen by one
         // of the two checks below or refuses the admission.
         let generation = self.cache.generation();
-        let mut f = Some(f);
-        let mut call =
-            |o: &Object, b: &[u8], d: Option<u64>| (f.take().expect("called once"))(o, b, d);
-        if let Some(t) = self.memtable.peek(key, |o, b| call(o, b, None)) {
-            return Ok(Some(t));
-        }
-        if let Some(t) = self.cache.peek(key, |o, b, d| call(o, b, Some(d))) {
-            return Ok(Some(t));
+        if let Some(s) = self.memtable.get(key).or_else(|| self.cache.get(key)) {
+            return Ok(Some(s));
         }
         let stored =
             VnodeStore::read_raw(&self.db, key).map_err(|e| KvError::Storage(e.to_string()))?;
@@ -82,10 +72,9 @@ impl ReadView {
             return Ok(None);
         };
         let object = decode_object(&bytes).map_err(|e| KvError::Storage(format!("decode: {e}")))?;
-        let digest = object.digest();
-        let t = call(&object, &bytes, Some(digest));
-        self.cache.admit(key, (object, bytes, digest), generation);
-        Ok(Some(t))
+        let stored = Stored::new(object, bytes);
+        self.cache.admit(key, stored.clone(), generation);
+        Ok(Some(stored))
     }
 }
 
@@ -222,17 +211,12 @@ impl PartitionTable {
     /// Reads `key` from `partition`'s vnode: its memtable, its object cache, then its file's
     /// latest snapshot. Never enters the vnode's mailbox.
     pub fn read(&self, partition: u32, key: &[u8]) -> Result<Option<Object>, KvError> {
-        self.view(partition)?.lookup(key, |o, _, _| o.clone())
+        Ok(self.read_stored(partition, key)?.map(|s| s.object.clone()))
     }
 
-    /// Like [`PartitionTable::read`], with the object's digest.
-    pub fn read_with_digest(
-        &self,
-        partition: u32,
-        key: &[u8],
-    ) -> Result<Option<(Object, u64)>, KvError> {
-        self.view(partition)?
-            .lookup(key, |o, _, d| (o.clone(), d.unwrap_or_else(|| o.digest())))
+    /// Like [`PartitionTable::read`], shared with the vnode's memtable or cache.
+    pub fn read_stored(&self, partition: u32, key: &[u8]) -> Result<Option<Arc<Stored>>, KvError> {
+        self.view(partition)?.lookup(key)
     }
 
     /// A replica read for a peer: the encoded object, or only [`PeerCopy::Same`] when its digest
@@ -243,20 +227,14 @@ impl PartitionTable {
         key: &[u8],
         unless: Option<u64>,
     ) -> Result<PeerCopy, KvError> {
-        let copy = self.view(partition)?.lookup(key, |o, b, d| {
-            if unless.is_some() && unless == Some(d.unwrap_or_else(|| o.digest())) {
+        let copy = self.view(partition)?.lookup(key)?.map(|s| {
+            if unless == Some(s.digest) {
                 PeerCopy::Same
             } else {
-                PeerCopy::Differs(Some(b.to_vec()))
+                PeerCopy::Differs(Some(s.encoded.clone()))
             }
-        })?;
+        });
         Ok(copy.unwrap_or(PeerCopy::Differs(None)))
-    }
-
-    /// A read handle on `partition`'s file, when its vnode is serving.
-    pub fn reader(&self, partition: u32) -> Option<Arc<Database>> {
-        let live = self.slot(partition)?.live.read().unwrap();
-        live.reader.as_ref().map(|v| v.db.clone())
     }
 
     /// A copy of `partition`'s merkle tree, when its vnode is serving.
@@ -296,6 +274,37 @@ impl PartitionTable {
                 .filter(|(k, _)| end.as_ref().is_none_or(|e| k <= e)),
         );
         Ok((merged.into_iter().collect(), more))
+    }
+
+    /// Up to `limit` tombstones of `partition` older than `older_than_ms`, with their digests:
+    /// the memtable's, then the file's for keys the memtable does not hold. Blocks on file I/O.
+    pub fn tombstones(
+        &self,
+        partition: u32,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, KvError> {
+        let ReadView { db, memtable, .. } = self.view(partition)?;
+        // The memtable first: a flush between the two reads leaves a key in the file's
+        // snapshot rather than in neither.
+        let recent = memtable.snapshot();
+        let mut out: Vec<(Vec<u8>, u64)> = recent
+            .iter()
+            .filter(|(_, s)| is_old_tombstone(&s.object, older_than_ms))
+            .map(|(k, s)| (k.clone(), s.digest))
+            .take(limit)
+            .collect();
+        let held: std::collections::HashSet<&[u8]> =
+            recent.iter().map(|(k, _)| k.as_slice()).collect();
+        let stored = VnodeStore::tombstones(&db, older_than_ms, limit)
+            .map_err(|e| KvError::Storage(e.to_string()))?;
+        out.extend(
+            stored
+                .into_iter()
+                .filter(|(k, _)| !held.contains(k.as_slice())),
+        );
+        out.truncate(limit);
+        Ok(out)
     }
 
     /// Every serving vnode, with its partition.

@@ -22,7 +22,6 @@ use crate::actors::vnode::VnodeMessage;
 use crate::coordinator::NodeContext;
 use crate::protocol::{HintsQuery, KeyDigest, KvError, ReapRequest, ReplicaMessage, Wire};
 use crate::replica_io::{call_replica, read_replica};
-use crate::storage::vnode_store::VnodeStore;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,15 +41,10 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
         .map_or(0, |d| d.as_millis() as u64);
     let older_than = now.saturating_sub(ctx.repair.tombstone_grace.as_millis() as u64);
     let (table, chunk) = (ctx.table.clone(), ctx.repair.chunk_keys);
-    let candidates = tokio::task::spawn_blocking(move || {
-        table
-            .reader(partition)
-            .map(|db| VnodeStore::tombstones(&db, older_than, chunk))
-    })
-    .await
-    .map_err(|e| KvError::Storage(e.to_string()))?
-    .ok_or(KvError::Unavailable { needed: 1, got: 0 })?
-    .map_err(|e| KvError::Storage(e.to_string()))?;
+    let candidates =
+        tokio::task::spawn_blocking(move || table.tombstones(partition, older_than, chunk))
+            .await
+            .map_err(|e| KvError::Storage(e.to_string()))??;
     if candidates.is_empty() {
         return Ok(0);
     }

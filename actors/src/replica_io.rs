@@ -113,6 +113,21 @@ pub async fn merge_local(
     object: &[u8],
     deadline: Instant,
 ) -> Result<(), KvError> {
+    let rx = start_merge(ctx, partition, key, object)?;
+    match tokio::time::timeout(remaining(deadline), rx).await {
+        Ok(r) => r,
+        Err(_) => Err(KvError::Timeout),
+    }
+}
+
+/// Hands `object` to this node's vnode of `partition` to merge; the future resolves once the
+/// merge is durable, with no deadline of its own.
+pub fn start_merge(
+    ctx: &NodeContext,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+) -> Result<impl Future<Output = Result<(), KvError>> + use<>, KvError> {
     let decoded = decode_object(object).map_err(|e| KvError::BadRequest(e.to_string()))?;
     let (tx, rx) = oneshot::channel();
     let merge = VnodeMessage::Merge(MergeOp {
@@ -123,16 +138,32 @@ pub async fn merge_local(
     ctx.table
         .send(partition, merge)
         .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
-    match tokio::time::timeout(remaining(deadline), rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(KvError::Unavailable { needed: 1, got: 0 }),
-        Err(_) => Err(KvError::Timeout),
-    }
+    Ok(async move {
+        rx.await
+            .unwrap_or(Err(KvError::Unavailable { needed: 1, got: 0 }))
+    })
 }
 
 /// Merges `object` into `node`'s replica, or with `hint_for` has `node` keep it as a hint for
-/// that down replica; `Ok` once it is durable there.
+/// that down replica; `Ok` once it is durable there, a timeout at `deadline`.
 pub async fn write_replica(
+    ctx: &NodeContext,
+    node: &str,
+    partition: u32,
+    key: &[u8],
+    object: &[u8],
+    hint_for: Option<&str>,
+    deadline: Instant,
+) -> Result<(), KvError> {
+    let write = replicate(ctx, node, partition, key, object, hint_for, deadline);
+    tokio::time::timeout(remaining(deadline), write)
+        .await
+        .unwrap_or(Err(KvError::Timeout))
+}
+
+/// Like [`write_replica`], for callers that wait under their own deadline: a remote write
+/// is bounded only by the peer link, which drops it unsent once `deadline` has passed.
+pub async fn replicate(
     ctx: &NodeContext,
     node: &str,
     partition: u32,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
 
@@ -173,6 +174,7 @@ async fn apply_writes(
     let mut hints = Vec::new();
     let mut hint_slots = Vec::new();
     let mut merges = Vec::new();
+    let mut refused = Vec::new();
     for (i, w) in writes.iter().enumerate() {
         match &w.hint_for {
             Some(owner) => {
@@ -184,10 +186,10 @@ async fn apply_writes(
                     object: w.object.to_vec(),
                 });
             }
-            None => merges.push((
-                i,
-                replica_io::merge_local(ctx, w.partition, &w.key, &w.object, deadline),
-            )),
+            None => match replica_io::start_merge(ctx, w.partition, &w.key, &w.object) {
+                Ok(merged) => merges.push((i, merged)),
+                Err(e) => refused.push((i, Err(e))),
+            },
         }
     }
     let mut results: Vec<Result<(), KvError>> = vec![Ok(()); writes.len()];
@@ -199,8 +201,15 @@ async fn apply_writes(
         }
     };
     let (slots, futures): (Vec<usize>, Vec<_>) = merges.into_iter().unzip();
-    let (merged, stored) = futures::join!(futures::future::join_all(futures), stored);
-    for (i, r) in slots.into_iter().zip(merged) {
+    // One timer for the batch: merges still pending at the deadline all report a timeout.
+    let merged = async {
+        match tokio::time::timeout(replica_io::remaining(deadline), join_all(futures)).await {
+            Ok(merged) => merged,
+            Err(_) => vec![Err(KvError::Timeout); slots.len()],
+        }
+    };
+    let (merged, stored) = futures::join!(merged, stored);
+    for (i, r) in slots.into_iter().zip(merged).chain(refused) {
         results[i] = r;
     }
     for (i, r) in hint_slots.into_iter().zip(stored) {

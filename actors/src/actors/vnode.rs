@@ -3,8 +3,8 @@
 //! Writes and replica merges are group-committed: a change is queued, and a `Drain` the vnode
 //! sends itself runs after every change already in the mailbox, so one step applies them all.
 //! The new objects go to the vnode's memtable and to the node's commit log, which answers the
-//! coordinators after its fsync in `sync` mode; the memtable is written to the redb file every
-//! few milliseconds in one in-memory transaction, and made durable at checkpoints. Reads never
+//! coordinators after its fsync in `sync` mode; the memtable is written to the redb file about
+//! once a second in one in-memory transaction, and made durable at checkpoints. Reads never
 //! come here: readers use the memtable and file snapshot published in the [`PartitionTable`].
 
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entrie
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
+use crate::storage::stored::Stored;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
 use tokio::sync::oneshot;
 
@@ -413,9 +414,9 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
             .filter(|k| seen.insert(*k))
             .filter(
                 |k| match state.memtable.get(k).or_else(|| state.cache.get(k)) {
-                    Some(o) => {
-                        before.insert(k.to_vec(), Some(o.digest()));
-                        latest.insert(k.to_vec(), Ok(o));
+                    Some(s) => {
+                        before.insert(k.to_vec(), Some(s.digest));
+                        latest.insert(k.to_vec(), Ok(s.object.clone()));
                         false
                     }
                     None => true,
@@ -467,36 +468,34 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         };
         outcomes.push(outcome);
     }
-    let written: Vec<(Vec<u8>, Object, Vec<u8>)> = changed
+    let written: Vec<(Vec<u8>, Arc<Stored>)> = changed
         .into_iter()
         .filter_map(|k| {
             let o = latest.remove(&k)?.ok()?;
             let bytes = encode_object(&o);
-            Some((k, o, bytes))
+            Some((k, Stored::new(o, bytes)))
         })
         .collect();
     let entries: Vec<LogEntry> = written
         .iter()
-        .map(|(key, _, object)| LogEntry {
+        .map(|(key, stored)| LogEntry {
             partition,
             key: key.clone(),
-            object: object.clone(),
+            object: stored.encoded.clone(),
         })
         .collect();
-    let digests: Vec<u64> = written.iter().map(|(_, o, _)| o.digest()).collect();
     {
         let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
-        for ((key, _, _), &digest) in written.iter().zip(&digests) {
+        for (key, stored) in &written {
             let old = before.get(key).copied().flatten();
-            tree.update(key, old, Some(digest));
+            tree.update(key, old, Some(stored.digest));
         }
     }
     // The memtable first: a reader that starts after the cache's update then finds the new
     // object there, so it can never admit the file's older copy.
-    let cached: Vec<_> = written.clone();
-    state.memtable.insert_all(written);
-    for ((key, object, bytes), digest) in cached.into_iter().zip(digests) {
-        state.cache.put(key, object, bytes, digest);
+    state.memtable.insert_all(written.iter().cloned());
+    for (key, stored) in written {
+        state.cache.put(key, stored);
     }
     // A write's minted reply carries its key's new object, for the coordinator to replicate; the
     // dot sequence never reissues its counter even if this commit is lost in a crash.
@@ -558,7 +557,7 @@ fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorP
     let mut gone = Vec::new();
     for (key, digest) in keys {
         let current = match state.memtable.get(&key) {
-            Some(o) => Some(o),
+            Some(s) => Some(s.object.clone()),
             None => VnodeStore::read(&state.store.reader(), &key)?,
         };
         if current.is_some_and(|o| o.is_deleted() && o.digest() == digest) {
@@ -581,8 +580,9 @@ fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorP
 
 /// Keys a memtable holds before it is flushed at once.
 const MEMTABLE_MAX_KEYS: usize = 1024;
-/// Longest a write waits in the memtable before the file gets it.
-const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// Longest a write waits in the memtable before the file gets it: long enough that one redb
+/// transaction carries many keys (its fixed cost dominated flushes every 50 ms).
+const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(1000);
 
 fn myself_flush_after(state: &VnodeState) {
     if let Some(me) = state.args.table.vnode(state.args.partition) {
@@ -595,11 +595,14 @@ fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if state.memtable.is_empty() {
         return Ok(());
     }
-    let pairs = state.memtable.encoded();
-    if let Err(e) = state.store.put_encoded(&pairs, false) {
+    let pairs = state.memtable.snapshot();
+    let pairs = pairs
+        .iter()
+        .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
+    if let Err(e) = state.store.put_encoded(pairs, false) {
         return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
     }
-    // The vnode is the only writer, so nothing changed since `encoded()`.
+    // The vnode is the only writer, so nothing changed since `snapshot()`.
     state.memtable.clear();
     Ok(())
 }

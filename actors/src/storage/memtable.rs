@@ -2,58 +2,45 @@
 //!
 //! Why: with writes spread over many vnodes each redb commit carried about one write, and redb
 //! commits were the largest share of a node's CPU. Durability comes from the node's commit log,
-//! so a vnode can collect writes here and commit them to redb in one transaction every few
-//! milliseconds. Readers look here first, then in the file.
+//! so a vnode can collect writes here and commit them to redb in one transaction every so
+//! often. Readers look here first, then in the file.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
-use crate::core::version::Object;
-
-/// Key → (object, its encoding, reused by the flush).
-type Entries = HashMap<Vec<u8>, (Object, Vec<u8>)>;
+use crate::storage::stored::Stored;
 
 /// Objects written since the last flush.
 #[derive(Debug, Default)]
 pub struct Memtable {
-    entries: RwLock<Entries>,
+    entries: RwLock<HashMap<Vec<u8>, Arc<Stored>>>,
 }
 
 impl Memtable {
     /// The latest object of `key` if it was written since the last flush.
-    pub fn get(&self, key: &[u8]) -> Option<Object> {
+    pub fn get(&self, key: &[u8]) -> Option<Arc<Stored>> {
         self.entries
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .map(|(o, _)| o.clone())
-    }
-
-    /// Applies `f` to `key`'s latest object and its encoding if it was written since the last
-    /// flush.
-    pub fn peek<T>(&self, key: &[u8], f: impl FnOnce(&Object, &[u8]) -> T) -> Option<T> {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .map(|(o, b)| f(o, b))
+            .cloned()
     }
 
     /// Records new objects (the vnode is the only writer).
-    pub fn insert_all(&self, objects: impl IntoIterator<Item = (Vec<u8>, Object, Vec<u8>)>) {
+    pub fn insert_all(&self, objects: impl IntoIterator<Item = (Vec<u8>, Arc<Stored>)>) {
         let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        for (k, o, bytes) in objects {
-            map.insert(k, (o, bytes));
+        for (k, o) in objects {
+            map.insert(k, o);
         }
     }
 
-    /// Encoded copies of every entry, to write to the file.
-    pub fn encoded(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Every entry, to write to the file.
+    pub fn snapshot(&self) -> Vec<(Vec<u8>, Arc<Stored>)> {
         self.entries
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, (_, b))| (k.clone(), b.clone()))
+            .map(|(k, o)| (k.clone(), o.clone()))
             .collect()
     }
 
@@ -72,7 +59,7 @@ impl Memtable {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(k, _)| wanted(k))
-            .map(|(k, (o, _))| (k.clone(), o.digest()))
+            .map(|(k, o)| (k.clone(), o.digest))
             .collect()
     }
 

@@ -7,4 +7,5 @@ pub mod hint_store;
 pub mod incarnation;
 pub mod memtable;
 pub mod object_cache;
+pub mod stored;
 pub mod vnode_store;

@@ -53,6 +53,12 @@ pub type DigestPage = (Vec<(Vec<u8>, u64)>, bool);
 /// Keys with their encoded objects, as written to the file and the commit log.
 pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Whether `o` is a tombstone whose newest version was written before `older_than_ms`.
+pub fn is_old_tombstone(o: &Object, older_than_ms: u64) -> bool {
+    let newest = o.siblings.iter().map(|s| s.timestamp_ms).max();
+    o.is_deleted() && newest.is_some_and(|t| t < older_than_ms)
+}
+
 impl VnodeStore {
     /// Opens (or creates) the file with a bounded page cache and makes sure the table exists;
     /// with `verify`, first walks the whole file checking every page (redb repairs what it
@@ -170,9 +176,9 @@ impl VnodeStore {
 
     /// Writes encoded objects in one transaction, durably only when `durable` is set; otherwise
     /// the commit lives in memory until the next durable one (the commit log covers it).
-    pub fn put_encoded(
+    pub fn put_encoded<'a>(
         &self,
-        pairs: &[(Vec<u8>, Vec<u8>)],
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         durable: bool,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
@@ -183,9 +189,7 @@ impl VnodeStore {
         {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
             for (k, v) in pairs {
-                table
-                    .insert(k.as_slice(), v.as_slice())
-                    .map_err(|e| err("insert", e))?;
+                table.insert(k, v).map_err(|e| err("insert", e))?;
             }
         }
         txn.commit().map_err(|e| err("commit", e))
@@ -235,8 +239,7 @@ impl VnodeStore {
             let Ok(o) = decode_object(v.value()) else {
                 continue;
             };
-            let newest = o.siblings.iter().map(|s| s.timestamp_ms).max();
-            if o.is_deleted() && newest.is_some_and(|t| t < older_than_ms) {
+            if is_old_tombstone(&o, older_than_ms) {
                 out.push((k.value().to_vec(), o.digest()));
                 if out.len() >= limit {
                     break;
@@ -294,7 +297,8 @@ mod tests {
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..23u64)
             .map(|i| (format!("k{i:02}").into_bytes(), object(i)))
             .collect();
-        store.put_encoded(&pairs, true).unwrap();
+        let refs = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+        store.put_encoded(refs, true).unwrap();
         let odd = |k: &[u8]| k.last().is_some_and(|b| b % 2 == 1);
         let whole = VnodeStore::digests(&store.reader(), odd).unwrap();
         let mut paged = Vec::new();
