@@ -5,19 +5,22 @@
 //! per peer; one task per peer and kind sends whatever is queued as a single message, with a
 //! few batches in flight. Under load one message carries many requests; at rest a request
 //! leaves alone at once, so batching adds no waiting. Reads and merges travel separately so a
-//! read never waits behind a merge's fsync.
+//! read never waits behind a merge's fsync. Reads go one way and come back as a cast (a call
+//! costs ractor_cluster a spawned reply task and a timer on top of two messages); a sweep fails
+//! the read batches whose deadline passed or whose peer left.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ractor::RpcReplyPort;
 use ractor::rpc::CallResult;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::peer_table::PeerTable;
 use crate::protocol::{
-    KvError, ReadBatch, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
-    Wire, WriteBatch, WriteBatchReply,
+    KvError, ReadAsk, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteBatch,
+    WriteBatchReply,
 };
 
 /// Most requests one batch carries.
@@ -30,26 +33,35 @@ type Job<Q, A> = (Q, Instant, oneshot::Sender<Result<A, KvError>>);
 type ReadJob = Job<ReplicaRead, ReplicaObject>;
 type WriteJob = Job<ReplicaWrite, ()>;
 
+/// How often a link fails the read batches whose deadline passed or whose peer is gone.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+
+/// A read batch sent and not yet answered.
+struct AskedBatch {
+    replies: Vec<oneshot::Sender<Result<ReplicaObject, KvError>>>,
+    deadline: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Read batches awaiting their answer casts, by batch id.
+type Asked = Arc<Mutex<HashMap<u64, AskedBatch>>>;
+
 /// Batching queues to one peer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerLink {
     reads: mpsc::UnboundedSender<ReadJob>,
     writes: mpsc::UnboundedSender<WriteJob>,
+    asked: Asked,
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink").finish_non_exhaustive()
+    }
 }
 
 fn unreachable() -> KvError {
     KvError::Unavailable { needed: 1, got: 0 }
-}
-
-async fn answered<T>(
-    rx: oneshot::Receiver<Result<T, KvError>>,
-    deadline: Instant,
-) -> Result<T, KvError> {
-    match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(unreachable()),
-        Err(_) => Err(KvError::Timeout),
-    }
 }
 
 /// Most payload bytes one batch carries, far under ractor_cluster's 16 MiB frame limit (a
@@ -99,24 +111,25 @@ fn call_timeout(deadlines: impl Iterator<Item = Instant>) -> Duration {
 }
 
 impl PeerLink {
-    /// Starts the batching tasks for `peer`.
-    pub fn start(peer: String, peers: Arc<PeerTable>) -> PeerLink {
+    /// Starts the batching tasks from node `me` to `peer`.
+    pub fn start(me: &str, peer: &str, peers: Arc<PeerTable>) -> PeerLink {
         let (reads, mut read_rx) = mpsc::unbounded_channel::<ReadJob>();
         let (writes, mut write_rx) = mpsc::unbounded_channel::<WriteJob>();
-        let (p, table) = (peer.clone(), peers.clone());
+        let asked: Asked = Arc::default();
+        let (me, peer) = (me.to_string(), peer.to_string());
+        let (p, table, pending) = (peer.clone(), peers.clone(), asked.clone());
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let mut held = None;
+            let mut next_id = 0u64;
             let size = |j: &ReadJob| j.0.key.len() + 16;
             while let Some(batch) = next_batch(&mut read_rx, &mut held, size).await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
-                let (p, table) = (p.clone(), table.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    send_reads(&p, &table, batch).await;
-                });
+                next_id += 1;
+                ask(&me, &p, &table, &pending, next_id, batch, permit);
             }
         });
+        tokio::spawn(sweep(Arc::downgrade(&asked), peer.clone(), peers.clone()));
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let mut held = None;
@@ -130,11 +143,29 @@ impl PeerLink {
                 });
             }
         });
-        PeerLink { reads, writes }
+        PeerLink {
+            reads,
+            writes,
+            asked,
+        }
+    }
+
+    /// Hands the peer's answers to a read batch to their requesters.
+    pub fn answered(&self, batch: u64, results: Vec<Result<ReplicaObject, KvError>>) {
+        let Some(asked) = lock(&self.asked).remove(&batch) else {
+            return;
+        };
+        if results.len() == asked.replies.len() {
+            for (tx, r) in asked.replies.into_iter().zip(results) {
+                let _ = tx.send(r);
+            }
+        } else {
+            fail(asked.replies, unreachable);
+        }
     }
 
     /// Reads a key's object on the peer. A job past `deadline` is answered `Timeout` when its
-    /// batch is cut or its call times out; the caller keeps its own deadline too.
+    /// batch is cut or expires unanswered; the caller keeps its own deadline too.
     pub async fn read(
         &self,
         req: ReplicaRead,
@@ -147,13 +178,14 @@ impl PeerLink {
         rx.await.unwrap_or_else(|_| Err(unreachable()))
     }
 
-    /// Merges an object into the peer's replica; `Ok` once durable there.
+    /// Merges an object into the peer's replica; `Ok` once durable there. Deadlines as for
+    /// [`PeerLink::read`].
     pub async fn write(&self, req: ReplicaWrite, deadline: Instant) -> Result<(), KvError> {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((req, deadline, tx))
             .map_err(|_| unreachable())?;
-        answered(rx, deadline).await
+        rx.await.unwrap_or_else(|_| Err(unreachable()))
     }
 }
 
@@ -210,12 +242,97 @@ async fn send_batch<Q, A, R>(
     }
 }
 
-async fn send_reads(peer: &str, table: &PeerTable, batch: Vec<ReadJob>) {
-    let message = |reads, port| ReplicaMessage::ReadMany(Wire::new(ReadBatch { reads }), port);
-    send_batch(peer, table, batch, message, |r: ReadBatchReply| r.results).await;
-}
-
 async fn send_writes(peer: &str, table: &PeerTable, batch: Vec<WriteJob>) {
     let message = |writes, port| ReplicaMessage::WriteMany(Wire::new(WriteBatch { writes }), port);
     send_batch(peer, table, batch, message, |r: WriteBatchReply| r.results).await;
+}
+
+fn lock(asked: &Asked) -> std::sync::MutexGuard<'_, HashMap<u64, AskedBatch>> {
+    asked.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fail<T>(replies: Vec<oneshot::Sender<Result<T, KvError>>>, why: fn() -> KvError) {
+    for tx in replies {
+        let _ = tx.send(Err(why()));
+    }
+}
+
+/// Sends a read batch one way; [`PeerLink::answered`] or [`sweep`] settles it.
+fn ask(
+    me: &str,
+    peer: &str,
+    table: &PeerTable,
+    asked: &Asked,
+    id: u64,
+    batch: Vec<ReadJob>,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(replica) = table.replica(peer) else {
+        return fail(batch.into_iter().map(|j| j.2).collect(), unreachable);
+    };
+    // As for calls: a job whose requester gave up is answered, not sent.
+    let now = Instant::now();
+    let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.1 > now);
+    fail(expired.into_iter().map(|j| j.2).collect(), || {
+        KvError::Timeout
+    });
+    let Some(deadline) = batch.iter().map(|j| j.1).max() else {
+        return;
+    };
+    let (reads, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
+    // Registered before sending, so an answer can never arrive first.
+    lock(asked).insert(
+        id,
+        AskedBatch {
+            replies,
+            deadline,
+            _permit: permit,
+        },
+    );
+    let message = ReplicaMessage::ReadAsk(Wire::new(ReadAsk {
+        from: me.to_string(),
+        batch: id,
+        reads,
+    }));
+    if replica.cast(message).is_err()
+        && let Some(b) = lock(asked).remove(&id)
+    {
+        fail(b.replies, unreachable);
+    }
+}
+
+/// Fails the read batches whose deadline passed, and all of them once the peer is gone (its
+/// answers can no longer come), so requesters move on and in-flight slots come back. Ends
+/// with the link.
+async fn sweep(asked: Weak<Mutex<HashMap<u64, AskedBatch>>>, peer: String, table: Arc<PeerTable>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(asked) = asked.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let gone = table.replica(&peer).is_none();
+        let settled: Vec<AskedBatch> = {
+            let mut map = lock(&asked);
+            if map.is_empty() {
+                continue;
+            }
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, b)| gone || b.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+        };
+        for b in settled {
+            fail(
+                b.replies,
+                if gone {
+                    unreachable
+                } else {
+                    || KvError::Timeout
+                },
+            );
+        }
+    }
 }

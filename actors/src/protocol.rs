@@ -254,6 +254,28 @@ pub struct ReadBatchReply {
     pub results: Vec<Result<ReplicaObject, KvError>>,
 }
 
+/// Many replica reads sent one way; the replica casts a [`ReadAnswer`] back to `from`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAsk {
+    /// The asking node's id.
+    pub from: String,
+    /// The asker's id of this batch, echoed in the answer.
+    pub batch: u64,
+    /// The reads, answered in order.
+    pub reads: Vec<ReplicaRead>,
+}
+
+/// Answers to a [`ReadAsk`], in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAnswer {
+    /// The answering node's id.
+    pub from: String,
+    /// The batch id the ask carried.
+    pub batch: u64,
+    /// One result per read.
+    pub results: Vec<Result<ReplicaObject, KvError>>,
+}
+
 /// Many replica merges in one message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteBatch {
@@ -274,6 +296,11 @@ pub enum ReplicaMessage {
     /// Return the stored objects of many keys.
     #[rpc]
     ReadMany(Wire<ReadBatch>, RpcReplyPort<Wire<ReadBatchReply>>),
+    /// Read many keys, one way: answered with a [`ReplicaMessage::ReadAnswer`] cast back to the
+    /// asking node (a call costs ractor_cluster a spawned reply task and a timer per message).
+    ReadAsk(Wire<ReadAsk>),
+    /// The answers to a [`ReplicaMessage::ReadAsk`].
+    ReadAnswer(Wire<ReadAnswer>),
     /// Merge many objects; answered once all are durable.
     #[rpc]
     WriteMany(Wire<WriteBatch>, RpcReplyPort<Wire<WriteBatchReply>>),

@@ -203,7 +203,10 @@ impl Actor for NodeSupervisor {
                 .members
                 .iter()
                 .filter(|m| m.id != settings.node_id)
-                .map(|m| (m.id.clone(), PeerLink::start(m.id.clone(), peers.clone())))
+                .map(|m| {
+                    let link = PeerLink::start(&settings.node_id, &m.id, peers.clone());
+                    (m.id.clone(), link)
+                })
                 .collect(),
         });
         let replica_args = ReplicaArgs {

@@ -12,8 +12,8 @@ use crate::anti_entropy;
 use crate::coordinator::{self, NodeContext};
 use crate::partition_table::PeerCopy;
 use crate::protocol::{
-    Heartbeat, KvError, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite,
-    Wire, WriteBatchReply,
+    Heartbeat, KvError, ReadAnswer, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead,
+    ReplicaWrite, Wire, WriteBatchReply,
 };
 use crate::reaper;
 use crate::replica_io;
@@ -79,6 +79,30 @@ impl Actor for Replica {
                 };
                 let _ = reply.send(Wire::new(ReadBatchReply { results }));
             }
+            ReplicaMessage::ReadAsk(Wire(req)) => match req {
+                Ok(ask) => {
+                    let results = ask.reads.iter().map(|r| read_local(&ctx, r)).collect();
+                    let answer = ReadAnswer {
+                        from: ctx.node_id.clone(),
+                        batch: ask.batch,
+                        results,
+                    };
+                    // An asker that is gone lets its batch expire.
+                    if let Some(asker) = ctx.peers.replica(&ask.from) {
+                        let _ = asker.cast(ReplicaMessage::ReadAnswer(Wire::new(answer)));
+                    }
+                }
+                // Undecodable: the asker's batch expires at its deadline.
+                Err(e) => drop(malformed("read ask", e)),
+            },
+            ReplicaMessage::ReadAnswer(Wire(answer)) => match answer {
+                Ok(a) => {
+                    if let Some(link) = ctx.links.get(&a.from) {
+                        link.answered(a.batch, a.results);
+                    }
+                }
+                Err(e) => drop(malformed("read answer", e)),
+            },
             ReplicaMessage::WriteMany(Wire(req), reply) => {
                 let Ok(batch) = req.map_err(|e| malformed("write batch", e)) else {
                     let _ = reply.send(Wire::new(WriteBatchReply {
