@@ -5,22 +5,21 @@
 //! per peer; one task per peer and kind sends whatever is queued as a single message, with a
 //! few batches in flight. Under load one message carries many requests; at rest a request
 //! leaves alone at once, so batching adds no waiting. Reads and merges travel separately so a
-//! read never waits behind a merge's fsync. Reads go one way and come back as a cast (a call
-//! costs ractor_cluster a spawned reply task and a timer on top of two messages); a sweep fails
-//! the read batches whose deadline passed or whose peer left.
+//! read never waits behind a merge's fsync.
+//!
+//! Batches go one way and their answers come back as a cast (a call costs ractor_cluster a
+//! spawned reply task and a timer on top of its two messages). A sweep fails the batches whose
+//! deadline passed or whose peer left, so requesters move on and in-flight slots come back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ractor::RpcReplyPort;
-use ractor::rpc::CallResult;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::peer_table::PeerTable;
 use crate::protocol::{
-    KvError, ReadAsk, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteBatch,
-    WriteBatchReply,
+    KvError, ReadAsk, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteAsk,
 };
 
 /// Most requests one batch carries.
@@ -33,25 +32,26 @@ type Job<Q, A> = (Q, Instant, oneshot::Sender<Result<A, KvError>>);
 type ReadJob = Job<ReplicaRead, ReplicaObject>;
 type WriteJob = Job<ReplicaWrite, ()>;
 
-/// How often a link fails the read batches whose deadline passed or whose peer is gone.
+/// How often a link fails the batches whose deadline passed or whose peer is gone.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
-/// A read batch sent and not yet answered.
-struct AskedBatch {
-    replies: Vec<oneshot::Sender<Result<ReplicaObject, KvError>>>,
+/// A batch sent and not yet answered.
+struct AskedBatch<A> {
+    replies: Vec<oneshot::Sender<Result<A, KvError>>>,
     deadline: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
-/// Read batches awaiting their answer casts, by batch id.
-type Asked = Arc<Mutex<HashMap<u64, AskedBatch>>>;
+/// Batches of one kind awaiting their answer casts, by batch id.
+type Asked<A> = Arc<Mutex<HashMap<u64, AskedBatch<A>>>>;
 
 /// Batching queues to one peer.
 #[derive(Clone)]
 pub struct PeerLink {
     reads: mpsc::UnboundedSender<ReadJob>,
     writes: mpsc::UnboundedSender<WriteJob>,
-    asked: Asked,
+    asked_reads: Asked<ReplicaObject>,
+    asked_writes: Asked<()>,
 }
 
 impl std::fmt::Debug for PeerLink {
@@ -101,67 +101,51 @@ async fn next_batch<J>(
     Some(batch)
 }
 
-fn call_timeout(deadlines: impl Iterator<Item = Instant>) -> Duration {
-    deadlines
-        .max()
-        .map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
-        .max(Duration::from_millis(1))
-}
-
 impl PeerLink {
     /// Starts the batching tasks from node `me` to `peer`.
     pub fn start(me: &str, peer: &str, peers: Arc<PeerTable>) -> PeerLink {
-        let (reads, mut read_rx) = mpsc::unbounded_channel::<ReadJob>();
-        let (writes, mut write_rx) = mpsc::unbounded_channel::<WriteJob>();
-        let asked: Asked = Arc::default();
-        let (me, peer) = (me.to_string(), peer.to_string());
-        let (p, table, pending) = (peer.clone(), peers.clone(), asked.clone());
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            let mut held = None;
-            let mut next_id = 0u64;
-            let size = |j: &ReadJob| j.0.key.len() + 16;
-            while let Some(batch) = next_batch(&mut read_rx, &mut held, size).await {
-                let permit = permits.clone().acquire_owned().await.expect("never closed");
-                next_id += 1;
-                ask(&me, &p, &table, &pending, next_id, batch, permit);
-            }
-        });
-        tokio::spawn(sweep(Arc::downgrade(&asked), peer.clone(), peers.clone()));
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            let mut held = None;
-            let size = |j: &WriteJob| j.0.key.len() + j.0.object.len() + 32;
-            while let Some(batch) = next_batch(&mut write_rx, &mut held, size).await {
-                let permit = permits.clone().acquire_owned().await.expect("never closed");
-                let (p, table) = (peer.clone(), peers.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    send_writes(&p, &table, batch).await;
-                });
-            }
-        });
-        PeerLink {
+        let (reads, read_rx) = mpsc::unbounded_channel::<ReadJob>();
+        let (writes, write_rx) = mpsc::unbounded_channel::<WriteJob>();
+        let link = PeerLink {
             reads,
             writes,
-            asked,
-        }
+            asked_reads: Arc::default(),
+            asked_writes: Arc::default(),
+        };
+        let sender = Sender {
+            me: me.to_string(),
+            peer: peer.to_string(),
+            table: peers,
+        };
+        sender.spawn(
+            read_rx,
+            &link.asked_reads,
+            |j| j.0.key.len() + 16,
+            |from, batch, reads| ReplicaMessage::ReadAsk(Wire::new(ReadAsk { from, batch, reads })),
+        );
+        sender.spawn(
+            write_rx,
+            &link.asked_writes,
+            |j| j.0.key.len() + j.0.object.len() + 32,
+            |from, batch, writes| {
+                ReplicaMessage::WriteAsk(Wire::new(WriteAsk {
+                    from,
+                    batch,
+                    writes,
+                }))
+            },
+        );
+        link
     }
 
     /// Hands the peer's answers to a read batch to their requesters.
-    pub fn answered(&self, batch: u64, results: Vec<Result<ReplicaObject, KvError>>) {
-        let Some(asked) = lock(&self.asked).remove(&batch) else {
-            return;
-        };
-        if results.len() == asked.replies.len() {
-            for (tx, r) in asked.replies.into_iter().zip(results) {
-                let _ = tx.send(r);
-            }
-        } else {
-            fail(asked.replies, unreachable);
-        }
+    pub fn answered_reads(&self, batch: u64, results: Vec<Result<ReplicaObject, KvError>>) {
+        settle(&self.asked_reads, batch, results);
+    }
+
+    /// Hands the peer's answers to a merge batch to their requesters.
+    pub fn answered_writes(&self, batch: u64, results: Vec<Result<(), KvError>>) {
+        settle(&self.asked_writes, batch, results);
     }
 
     /// Reads a key's object on the peer. A job past `deadline` is answered `Timeout` when its
@@ -189,150 +173,134 @@ impl PeerLink {
     }
 }
 
-/// Sends one batch to `peer` and hands each waiting request its own result.
-async fn send_batch<Q, A, R>(
-    peer: &str,
-    table: &PeerTable,
-    batch: Vec<Job<Q, A>>,
-    message: impl FnOnce(Vec<Q>, RpcReplyPort<Wire<R>>) -> ReplicaMessage,
-    results: impl FnOnce(R) -> Vec<Result<A, KvError>>,
-) where
-    R: Send + 'static,
-{
-    let Some(replica) = table.replica(peer) else {
-        return batch
-            .into_iter()
-            .for_each(|(_, _, tx)| drop(tx.send(Err(unreachable()))));
-    };
-    // A job whose deadline passed while it queued is answered, not sent: its requester has
-    // given up, and applying it late could undo what came after.
-    let now = Instant::now();
-    let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.1 > now);
-    for (_, _, tx) in expired {
-        let _ = tx.send(Err(KvError::Timeout));
-    }
-    if batch.is_empty() {
-        return;
-    }
-    let timeout = call_timeout(batch.iter().map(|j| j.1));
-    let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
-    let n = items.len();
-    match replica
-        .call(|port| message(items, port), Some(timeout))
-        .await
-    {
-        Ok(CallResult::Success(Wire(Ok(reply)))) => {
-            let results = results(reply);
-            if results.len() == n {
-                for (tx, r) in replies.into_iter().zip(results) {
-                    let _ = tx.send(r);
-                }
-            } else {
-                replies
-                    .into_iter()
-                    .for_each(|tx| drop(tx.send(Err(unreachable()))));
-            }
-        }
-        Ok(CallResult::Timeout) => replies
-            .into_iter()
-            .for_each(|tx| drop(tx.send(Err(KvError::Timeout)))),
-        _ => replies
-            .into_iter()
-            .for_each(|tx| drop(tx.send(Err(unreachable())))),
-    }
-}
-
-async fn send_writes(peer: &str, table: &PeerTable, batch: Vec<WriteJob>) {
-    let message = |writes, port| ReplicaMessage::WriteMany(Wire::new(WriteBatch { writes }), port);
-    send_batch(peer, table, batch, message, |r: WriteBatchReply| r.results).await;
-}
-
-fn lock(asked: &Asked) -> std::sync::MutexGuard<'_, HashMap<u64, AskedBatch>> {
+fn lock<A>(asked: &Asked<A>) -> std::sync::MutexGuard<'_, HashMap<u64, AskedBatch<A>>> {
     asked.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fail<T>(replies: Vec<oneshot::Sender<Result<T, KvError>>>, why: fn() -> KvError) {
+fn fail<A>(replies: Vec<oneshot::Sender<Result<A, KvError>>>, why: fn() -> KvError) {
     for tx in replies {
         let _ = tx.send(Err(why()));
     }
 }
 
-/// Sends a read batch one way; [`PeerLink::answered`] or [`sweep`] settles it.
-fn ask(
-    me: &str,
-    peer: &str,
-    table: &PeerTable,
-    asked: &Asked,
-    id: u64,
-    batch: Vec<ReadJob>,
-    permit: OwnedSemaphorePermit,
-) {
-    let Some(replica) = table.replica(peer) else {
-        return fail(batch.into_iter().map(|j| j.2).collect(), unreachable);
-    };
-    // As for calls: a job whose requester gave up is answered, not sent.
-    let now = Instant::now();
-    let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.1 > now);
-    fail(expired.into_iter().map(|j| j.2).collect(), || {
-        KvError::Timeout
-    });
-    let Some(deadline) = batch.iter().map(|j| j.1).max() else {
+/// Answers a batch's requesters with the peer's results, in order.
+fn settle<A>(asked: &Asked<A>, batch: u64, results: Vec<Result<A, KvError>>) {
+    let Some(b) = lock(asked).remove(&batch) else {
         return;
     };
-    let (reads, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
-    // Registered before sending, so an answer can never arrive first.
-    lock(asked).insert(
-        id,
-        AskedBatch {
-            replies,
-            deadline,
-            _permit: permit,
-        },
-    );
-    let message = ReplicaMessage::ReadAsk(Wire::new(ReadAsk {
-        from: me.to_string(),
-        batch: id,
-        reads,
-    }));
-    if replica.cast(message).is_err()
-        && let Some(b) = lock(asked).remove(&id)
-    {
+    if results.len() == b.replies.len() {
+        for (tx, r) in b.replies.into_iter().zip(results) {
+            let _ = tx.send(r);
+        }
+    } else {
         fail(b.replies, unreachable);
     }
 }
 
-/// Fails the read batches whose deadline passed, and all of them once the peer is gone (its
-/// answers can no longer come), so requesters move on and in-flight slots come back. Ends
-/// with the link.
-async fn sweep(asked: Weak<Mutex<HashMap<u64, AskedBatch>>>, peer: String, table: Arc<PeerTable>) {
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        let Some(asked) = asked.upgrade() else {
+/// What one link's batching tasks share: who asks, whom, and where to find the peer.
+#[derive(Clone)]
+struct Sender {
+    me: String,
+    peer: String,
+    table: Arc<PeerTable>,
+}
+
+impl Sender {
+    /// Starts the task that batches one kind of job and its sweep.
+    fn spawn<Q, A>(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Job<Q, A>>,
+        asked: &Asked<A>,
+        size: fn(&Job<Q, A>) -> usize,
+        message: fn(String, u64, Vec<Q>) -> ReplicaMessage,
+    ) where
+        Q: Send + 'static,
+        A: Send + 'static,
+    {
+        let (me, pending) = (self.clone(), asked.clone());
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+            let mut held = None;
+            let mut next_id = 0u64;
+            while let Some(batch) = next_batch(&mut rx, &mut held, size).await {
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                next_id += 1;
+                me.ask(&pending, next_id, batch, permit, message);
+            }
+        });
+        tokio::spawn(self.clone().sweep(Arc::downgrade(asked)));
+    }
+
+    /// Sends a batch one way; [`settle`] or the sweep answers its requesters.
+    fn ask<Q, A>(
+        &self,
+        asked: &Asked<A>,
+        id: u64,
+        batch: Vec<Job<Q, A>>,
+        permit: OwnedSemaphorePermit,
+        message: fn(String, u64, Vec<Q>) -> ReplicaMessage,
+    ) {
+        let Some(replica) = self.table.replica(&self.peer) else {
+            return fail(batch.into_iter().map(|j| j.2).collect(), unreachable);
+        };
+        // A job whose deadline passed while it queued is answered, not sent: its requester has
+        // given up, and applying it late could undo what came after.
+        let now = Instant::now();
+        let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.1 > now);
+        fail(expired.into_iter().map(|j| j.2).collect(), || {
+            KvError::Timeout
+        });
+        let Some(deadline) = batch.iter().map(|j| j.1).max() else {
             return;
         };
-        let now = Instant::now();
-        let gone = table.replica(&peer).is_none();
-        let settled: Vec<AskedBatch> = {
-            let mut map = lock(&asked);
-            if map.is_empty() {
+        let (items, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|(q, _, tx)| (q, tx)).unzip();
+        // Registered before sending, so an answer can never arrive first.
+        lock(asked).insert(
+            id,
+            AskedBatch {
+                replies,
+                deadline,
+                _permit: permit,
+            },
+        );
+        if replica.cast(message(self.me.clone(), id, items)).is_err()
+            && let Some(b) = lock(asked).remove(&id)
+        {
+            fail(b.replies, unreachable);
+        }
+    }
+
+    /// Fails the batches whose deadline passed, and all of them once the peer is gone (its
+    /// answers can no longer come). Ends with the link.
+    async fn sweep<A>(self, asked: Weak<Mutex<HashMap<u64, AskedBatch<A>>>>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let Some(asked) = asked.upgrade() else {
+                return;
+            };
+            if lock(&asked).is_empty() {
                 continue;
             }
-            let ids: Vec<u64> = map
-                .iter()
-                .filter(|(_, b)| gone || b.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| map.remove(&id)).collect()
-        };
-        for b in settled {
-            fail(
-                b.replies,
-                if gone {
-                    unreachable
-                } else {
-                    || KvError::Timeout
-                },
-            );
+            let now = Instant::now();
+            let gone = self.table.replica(&self.peer).is_none();
+            let settled: Vec<AskedBatch<A>> = {
+                let mut map = lock(&asked);
+                let ids: Vec<u64> = map
+                    .iter()
+                    .filter(|(_, b)| gone || b.deadline <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+            };
+            let why: fn() -> KvError = if gone {
+                unreachable
+            } else {
+                || KvError::Timeout
+            };
+            for b in settled {
+                fail(b.replies, why);
+            }
         }
     }
 }

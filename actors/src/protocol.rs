@@ -276,6 +276,29 @@ pub struct ReadAnswer {
     pub results: Vec<Result<ReplicaObject, KvError>>,
 }
 
+/// Many replica merges sent one way; the replica casts a [`WriteAnswer`] back to `from` once
+/// all are durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteAsk {
+    /// The asking node's id.
+    pub from: String,
+    /// The asker's id of this batch, echoed in the answer.
+    pub batch: u64,
+    /// The merges, answered in order.
+    pub writes: Vec<ReplicaWrite>,
+}
+
+/// Answers to a [`WriteAsk`], in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteAnswer {
+    /// The answering node's id.
+    pub from: String,
+    /// The batch id the ask carried.
+    pub batch: u64,
+    /// One result per merge.
+    pub results: Vec<Result<(), KvError>>,
+}
+
 /// Many replica merges in one message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteBatch {
@@ -293,7 +316,7 @@ pub struct WriteBatchReply {
 /// Messages between nodes for one partition's replicas (pg group `ringkv.replica.<node>`).
 #[derive(RactorClusterMessage)]
 pub enum ReplicaMessage {
-    /// Return the stored objects of many keys.
+    /// Return the stored objects of many keys (served for older coordinators).
     #[rpc]
     ReadMany(Wire<ReadBatch>, RpcReplyPort<Wire<ReadBatchReply>>),
     /// Read many keys, one way: answered with a [`ReplicaMessage::ReadAnswer`] cast back to the
@@ -301,7 +324,12 @@ pub enum ReplicaMessage {
     ReadAsk(Wire<ReadAsk>),
     /// The answers to a [`ReplicaMessage::ReadAsk`].
     ReadAnswer(Wire<ReadAnswer>),
-    /// Merge many objects; answered once all are durable.
+    /// Merge many objects, one way: answered with a [`ReplicaMessage::WriteAnswer`] cast back
+    /// once all are durable.
+    WriteAsk(Wire<WriteAsk>),
+    /// The answers to a [`ReplicaMessage::WriteAsk`].
+    WriteAnswer(Wire<WriteAnswer>),
+    /// Merge many objects; answered once all are durable (served for older coordinators).
     #[rpc]
     WriteMany(Wire<WriteBatch>, RpcReplyPort<Wire<WriteBatchReply>>),
     /// Coordinate a client write this node received but does not replicate.

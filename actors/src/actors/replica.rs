@@ -13,7 +13,7 @@ use crate::coordinator::{self, NodeContext};
 use crate::partition_table::PeerCopy;
 use crate::protocol::{
     Heartbeat, KvError, ReadAnswer, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead,
-    ReplicaWrite, Wire, WriteBatchReply,
+    ReplicaWrite, Wire, WriteAnswer, WriteBatchReply,
 };
 use crate::reaper;
 use crate::replica_io;
@@ -98,10 +98,38 @@ impl Actor for Replica {
             ReplicaMessage::ReadAnswer(Wire(answer)) => match answer {
                 Ok(a) => {
                     if let Some(link) = ctx.links.get(&a.from) {
-                        link.answered(a.batch, a.results);
+                        link.answered_reads(a.batch, a.results);
                     }
                 }
                 Err(e) => drop(malformed("read answer", e)),
+            },
+            ReplicaMessage::WriteAsk(Wire(req)) => match req {
+                // Merges wait for the vnodes' durable commits: never block this mailbox.
+                Ok(ask) => {
+                    tokio::spawn(async move {
+                        let deadline = std::time::Instant::now() + ctx.default_timeout;
+                        let results = apply_writes(&ctx, ask.writes, deadline).await;
+                        let answer = WriteAnswer {
+                            from: ctx.node_id.clone(),
+                            batch: ask.batch,
+                            results,
+                        };
+                        // An asker that is gone lets its batch expire.
+                        if let Some(asker) = ctx.peers.replica(&ask.from) {
+                            let _ = asker.cast(ReplicaMessage::WriteAnswer(Wire::new(answer)));
+                        }
+                    });
+                }
+                // Undecodable: the asker's batch expires at its deadline.
+                Err(e) => drop(malformed("write ask", e)),
+            },
+            ReplicaMessage::WriteAnswer(Wire(answer)) => match answer {
+                Ok(a) => {
+                    if let Some(link) = ctx.links.get(&a.from) {
+                        link.answered_writes(a.batch, a.results);
+                    }
+                }
+                Err(e) => drop(malformed("write answer", e)),
             },
             ReplicaMessage::WriteMany(Wire(req), reply) => {
                 let Ok(batch) = req.map_err(|e| malformed("write batch", e)) else {
