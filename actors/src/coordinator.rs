@@ -163,6 +163,17 @@ impl Gathered {
         }
     }
 
+    /// The client's reply: when only the local copy was gathered, with its memoized context.
+    fn reply(&self) -> GetReply {
+        match (&self.joined, &self.local) {
+            (None, Some(s)) => {
+                let context = s.read_context(|o| encode_context(&o.read_context()));
+                reply_with(&s.object, context.to_vec())
+            }
+            _ => reply_of(self.result()),
+        }
+    }
+
     /// The local copy's digest, when it holds the key.
     fn local_digest(&self) -> Option<u64> {
         self.local.as_ref().map(|s| s.digest)
@@ -270,7 +281,7 @@ pub async fn get(
     loop {
         if request.is_some() {
             match verdict {
-                Verdict::Met => answer(Ok(reply_of(copies.result()))),
+                Verdict::Met => answer(Ok(copies.reply())),
                 Verdict::Impossible => answer(Err(shortfall(needed, tally.successes(), &errors))),
                 Verdict::Pending => {}
             }
@@ -351,6 +362,11 @@ pub async fn get(
 
 /// The client's view of a merged object: distinct live values and a context covering all.
 pub fn reply_of(merged: &Object) -> GetReply {
+    reply_with(merged, encode_context(&merged.read_context()))
+}
+
+/// The client's view of `merged` with its already encoded read context.
+fn reply_with(merged: &Object, context: Vec<u8>) -> GetReply {
     let mut values: Vec<ByteBuf> = Vec::new();
     for v in merged.values() {
         // Two versions with the same bytes (a retried write) read as one value.
@@ -360,7 +376,7 @@ pub fn reply_of(merged: &Object) -> GetReply {
     }
     GetReply {
         values,
-        context: ByteBuf::from(encode_context(&merged.read_context())),
+        context: ByteBuf::from(context),
     }
 }
 
@@ -426,6 +442,7 @@ pub async fn put(
     let expired = tokio::time::sleep_until(deadline.into());
     tokio::pin!(expired);
     let WriteOutcome { context, object } = tokio::select! {
+        biased;
         minted = minted_rx => match minted {
             Ok(r) => r?,
             Err(_) => return Err(KvError::Unavailable { needed, got: 0 }),
@@ -456,6 +473,7 @@ pub async fn put(
     // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
     loop {
         let r = tokio::select! {
+            biased;
             next = pending.next() => match next {
                 Some(r) => r,
                 None => break,

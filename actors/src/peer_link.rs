@@ -38,6 +38,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(10);
 /// A batch sent and not yet answered.
 struct AskedBatch<A> {
     replies: Vec<oneshot::Sender<Result<A, KvError>>>,
+    /// The latest deadline of its jobs.
     deadline: Instant,
     _permit: OwnedSemaphorePermit,
 }
@@ -148,8 +149,9 @@ impl PeerLink {
         settle(&self.asked_writes, batch, results);
     }
 
-    /// Reads a key's object on the peer. A job past `deadline` is answered `Timeout` when its
-    /// batch is cut or expires unanswered; the caller keeps its own deadline too.
+    /// Reads a key's object on the peer. A job past `deadline` when its batch is cut is
+    /// answered `Timeout`; a sent batch left unanswered fails `Timeout` at the latest deadline
+    /// of its jobs, or `Unavailable` once the peer is gone. Callers keep their own deadline.
     pub async fn read(
         &self,
         req: ReplicaRead,
@@ -221,10 +223,12 @@ impl Sender {
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let mut held = None;
-            let mut next_id = 0u64;
+            // Random, so an answer meant for an earlier incarnation of this node (a peer that
+            // resumes after this node restarted) matches no batch of this one.
+            let mut next_id: u64 = rand::random();
             while let Some(batch) = next_batch(&mut rx, &mut held, size).await {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
-                next_id += 1;
+                next_id = next_id.wrapping_add(1);
                 me.ask(&pending, next_id, batch, permit, message);
             }
         });

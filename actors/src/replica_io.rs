@@ -162,7 +162,7 @@ pub async fn write_replica(
 }
 
 /// Like [`write_replica`], for callers that wait under their own deadline: a remote write
-/// is bounded only by the peer link, which drops it unsent once `deadline` has passed.
+/// is bounded only by the peer link (see [`PeerLink::read`](crate::peer_link::PeerLink::read)).
 pub async fn replicate(
     ctx: &NodeContext,
     node: &str,

@@ -87,10 +87,11 @@ impl Actor for Replica {
                         batch: ask.batch,
                         results,
                     };
-                    // An asker that is gone lets its batch expire.
-                    if let Some(asker) = ctx.peers.replica(&ask.from) {
-                        let _ = asker.cast(ReplicaMessage::ReadAnswer(Wire::new(answer)));
-                    }
+                    answer_to(
+                        &ctx,
+                        &ask.from,
+                        ReplicaMessage::ReadAnswer(Wire::new(answer)),
+                    );
                 }
                 // Undecodable: the asker's batch expires at its deadline.
                 Err(e) => drop(malformed("read ask", e)),
@@ -114,10 +115,8 @@ impl Actor for Replica {
                             batch: ask.batch,
                             results,
                         };
-                        // An asker that is gone lets its batch expire.
-                        if let Some(asker) = ctx.peers.replica(&ask.from) {
-                            let _ = asker.cast(ReplicaMessage::WriteAnswer(Wire::new(answer)));
-                        }
+                        let answer = ReplicaMessage::WriteAnswer(Wire::new(answer));
+                        answer_to(&ctx, &ask.from, answer);
                     });
                 }
                 // Undecodable: the asker's batch expires at its deadline.
@@ -201,6 +200,18 @@ impl Actor for Replica {
 }
 
 /// This node's stored object for a replica read.
+/// Casts an answer back to the asking node. An asker that cannot be reached lets its batch
+/// expire at its deadline (it has a sweep for exactly that).
+fn answer_to(ctx: &NodeContext, asker: &str, answer: ReplicaMessage) {
+    let sent = ctx
+        .peers
+        .replica(asker)
+        .is_some_and(|r| r.cast(answer).is_ok());
+    if !sent {
+        tracing::warn!(%asker, "could not answer a peer's batch; it will time out there");
+    }
+}
+
 fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvError> {
     Ok(
         match ctx.table.read_for_peer(r.partition, &r.key, r.unless)? {

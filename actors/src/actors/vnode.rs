@@ -170,6 +170,8 @@ pub struct VnodeState {
     memtable: Arc<Memtable>,
     cache: Arc<ObjectCache>,
     flush_scheduled: bool,
+    /// Encoded bytes written to the memtable since its last flush (overwrites count again).
+    memtable_bytes: usize,
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
@@ -256,6 +258,7 @@ impl Actor for Vnode {
             memtable,
             cache,
             flush_scheduled: false,
+            memtable_bytes: 0,
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
@@ -493,6 +496,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     }
     // The memtable first: a reader that starts after the cache's update then finds the new
     // object there, so it can never admit the file's older copy.
+    state.memtable_bytes += written.iter().map(|(_, s)| s.encoded.len()).sum::<usize>();
     state.memtable.insert_all(written.iter().cloned());
     for (key, stored) in written {
         state.cache.put(key, stored);
@@ -542,7 +546,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if !logged {
         return Err("commit log stopped".into());
     }
-    if state.memtable.len() >= MEMTABLE_MAX_KEYS {
+    if state.memtable.len() >= MEMTABLE_MAX_KEYS || state.memtable_bytes >= MEMTABLE_MAX_BYTES {
         flush_memtable(state)?;
     } else if !state.flush_scheduled && !state.memtable.is_empty() {
         state.flush_scheduled = true;
@@ -580,6 +584,9 @@ fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorP
 
 /// Keys a memtable holds before it is flushed at once.
 const MEMTABLE_MAX_KEYS: usize = 1024;
+/// Bytes written to a memtable before it is flushed at once: bounds a node's memtables to
+/// this times its vnode count, whatever the value sizes.
+const MEMTABLE_MAX_BYTES: usize = 1 << 20;
 /// Longest a write waits in the memtable before the file gets it: long enough that one redb
 /// transaction carries many keys (its fixed cost dominated flushes every 50 ms).
 const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(1000);
@@ -604,5 +611,6 @@ fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     }
     // The vnode is the only writer, so nothing changed since `snapshot()`.
     state.memtable.clear();
+    state.memtable_bytes = 0;
     Ok(())
 }

@@ -16,8 +16,9 @@ use crate::storage::stored::Stored;
 const ENTRY_OVERHEAD: usize = 96;
 
 fn entry_size(key: &[u8], stored: &Stored) -> usize {
-    // The decoded object holds about as many bytes as its encoding.
-    key.len() + 2 * stored.encoded.len() + ENTRY_OVERHEAD
+    // The decoded object, and the read context a client read memoizes, each hold at most
+    // about as many bytes as the encoding.
+    key.len() + 3 * stored.encoded.len() + ENTRY_OVERHEAD
 }
 
 #[derive(Debug, Default)]
@@ -220,7 +221,7 @@ mod tests {
         let cap = 1024;
         let cache = ObjectCache::new(cap);
         for i in 0..6u8 {
-            cache.put(vec![i], entry(&[i; 300]));
+            cache.put(vec![i], entry(&[i; 200]));
             assert!(cache.bytes() <= cap, "{} > {cap}", cache.bytes());
             assert!(cache.get(&[i]).is_some(), "the newest entry stays");
         }

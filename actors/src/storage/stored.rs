@@ -2,7 +2,7 @@
 //! `Arc`) by the memtable, the object cache and every reader, so a read clones a pointer
 //! rather than the object and never hashes it again.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::core::version::Object;
 
@@ -15,6 +15,8 @@ pub struct Stored {
     pub encoded: Vec<u8>,
     /// Its digest (`Object::digest`), as merkle trees and digest reads compare it.
     pub digest: u64,
+    /// The encoded causal context a client read of it returns, made by the first such read.
+    context: OnceLock<Vec<u8>>,
 }
 
 impl Stored {
@@ -25,6 +27,12 @@ impl Stored {
             object,
             encoded,
             digest,
+            context: OnceLock::new(),
         })
+    }
+
+    /// The encoded read context of the object: `make`'s result, computed once per object.
+    pub fn read_context(&self, make: impl FnOnce(&Object) -> Vec<u8>) -> &[u8] {
+        self.context.get_or_init(|| make(&self.object))
     }
 }
