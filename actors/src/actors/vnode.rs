@@ -172,6 +172,8 @@ pub struct VnodeState {
     flush_scheduled: bool,
     /// Encoded bytes written to the memtable since its last flush (overwrites count again).
     memtable_bytes: usize,
+    /// A flush was asked for at once because the memtable is full.
+    flush_asked: bool,
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
@@ -259,6 +261,7 @@ impl Actor for Vnode {
             cache,
             flush_scheduled: false,
             memtable_bytes: 0,
+            flush_asked: false,
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
@@ -287,11 +290,11 @@ impl Actor for Vnode {
             }
             VnodeMessage::FlushMemtable => {
                 state.flush_scheduled = false;
-                flush_memtable(state)?;
+                flush_memtable(state).await?;
             }
             VnodeMessage::Flush(reply) => {
                 commit(state)?;
-                flush_memtable(state)?;
+                flush_memtable(state).await?;
                 let result = tokio::task::block_in_place(|| state.store.checkpoint());
                 let failed = result.is_err();
                 let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -546,8 +549,13 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if !logged {
         return Err("commit log stopped".into());
     }
-    if state.memtable.len() >= MEMTABLE_MAX_KEYS || state.memtable_bytes >= MEMTABLE_MAX_BYTES {
-        flush_memtable(state)?;
+    let full =
+        state.memtable.len() >= MEMTABLE_MAX_KEYS || state.memtable_bytes >= MEMTABLE_MAX_BYTES;
+    if full && !state.flush_asked {
+        state.flush_asked = true;
+        if let Some(me) = state.args.table.vnode(state.args.partition) {
+            me.cast(VnodeMessage::FlushMemtable)?;
+        }
     } else if !state.flush_scheduled && !state.memtable.is_empty() {
         state.flush_scheduled = true;
         myself_flush_after(state);
@@ -598,18 +606,28 @@ fn myself_flush_after(state: &VnodeState) {
 }
 
 /// Commits the memtable to the file in one in-memory transaction and empties it.
-fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
+async fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
+    state.flush_asked = false;
     if state.memtable.is_empty() {
         return Ok(());
     }
     let pairs = state.memtable.snapshot();
-    let pairs = pairs
-        .iter()
-        .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
-    if let Err(e) = state.store.put_encoded(pairs, false) {
+    let db = state.store.reader();
+    // On a blocking thread: a second's writes take a millisecond or more to insert, which on
+    // the runtime's worker would stall every actor of the node, not just this vnode.
+    let flushed = tokio::task::spawn_blocking(move || {
+        let pairs = pairs
+            .iter()
+            .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
+        VnodeStore::put_encoded_in(&db, pairs, false).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = flushed {
         return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
     }
-    // The vnode is the only writer, so nothing changed since `snapshot()`.
+    // The vnode is the only writer and waited for the flush, so nothing changed since
+    // `snapshot()`.
     state.memtable.clear();
     state.memtable_bytes = 0;
     Ok(())

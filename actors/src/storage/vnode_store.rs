@@ -181,7 +181,16 @@ impl VnodeStore {
         pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        Self::put_encoded_in(&self.db, pairs, durable)
+    }
+
+    /// [`VnodeStore::put_encoded`] on a handle from [`VnodeStore::reader`], for another thread.
+    pub fn put_encoded_in<'a>(
+        db: &Database,
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(|e| err("begin write", e))?;
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| StoreError::Other(format!("durability: {e}")))?;
