@@ -113,18 +113,18 @@ impl PeerLink {
             asked_reads: Arc::default(),
             asked_writes: Arc::default(),
         };
-        let sender = Sender {
+        let asker = Asker {
             me: me.to_string(),
             peer: peer.to_string(),
             table: peers,
         };
-        sender.spawn(
+        asker.spawn(
             read_rx,
             &link.asked_reads,
             |j| j.0.key.len() + 16,
             |from, batch, reads| ReplicaMessage::ReadAsk(Wire::new(ReadAsk { from, batch, reads })),
         );
-        sender.spawn(
+        asker.spawn(
             write_rx,
             &link.asked_writes,
             |j| j.0.key.len() + j.0.object.len() + 32,
@@ -201,13 +201,13 @@ fn settle<A>(asked: &Asked<A>, batch: u64, results: Vec<Result<A, KvError>>) {
 
 /// What one link's batching tasks share: who asks, whom, and where to find the peer.
 #[derive(Clone)]
-struct Sender {
+struct Asker {
     me: String,
     peer: String,
     table: Arc<PeerTable>,
 }
 
-impl Sender {
+impl Asker {
     /// Starts the task that batches one kind of job and its sweep.
     fn spawn<Q, A>(
         &self,

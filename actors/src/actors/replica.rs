@@ -199,7 +199,6 @@ impl Actor for Replica {
     }
 }
 
-/// This node's stored object for a replica read.
 /// Casts an answer back to the asking node. An asker that cannot be reached lets its batch
 /// expire at its deadline (it has a sweep for exactly that).
 fn answer_to(ctx: &NodeContext, asker: &str, answer: ReplicaMessage) {
@@ -212,6 +211,7 @@ fn answer_to(ctx: &NodeContext, asker: &str, answer: ReplicaMessage) {
     }
 }
 
+/// This node's stored object for a replica read.
 fn read_local(ctx: &NodeContext, r: &ReplicaRead) -> Result<ReplicaObject, KvError> {
     Ok(
         match ctx.table.read_for_peer(r.partition, &r.key, r.unless)? {
