@@ -240,20 +240,6 @@ pub struct Heartbeat {
     pub ring_hash: u64,
 }
 
-/// Many replica reads in one message (per-peer batching amortizes the transport's cost).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadBatch {
-    /// The reads, answered in order.
-    pub reads: Vec<ReplicaRead>,
-}
-
-/// Answers to a [`ReadBatch`], in order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadBatchReply {
-    /// One result per read.
-    pub results: Vec<Result<ReplicaObject, KvError>>,
-}
-
 /// Many replica reads sent one way; the replica casts a [`ReadAnswer`] back to `from`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadAsk {
@@ -299,26 +285,9 @@ pub struct WriteAnswer {
     pub results: Vec<Result<(), KvError>>,
 }
 
-/// Many replica merges in one message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WriteBatch {
-    /// The merges, answered in order once each is durable.
-    pub writes: Vec<ReplicaWrite>,
-}
-
-/// Answers to a [`WriteBatch`], in order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WriteBatchReply {
-    /// One result per merge.
-    pub results: Vec<Result<(), KvError>>,
-}
-
 /// Messages between nodes for one partition's replicas (pg group `ringkv.replica.<node>`).
 #[derive(RactorClusterMessage)]
 pub enum ReplicaMessage {
-    /// Return the stored objects of many keys (served for older coordinators).
-    #[rpc]
-    ReadMany(Wire<ReadBatch>, RpcReplyPort<Wire<ReadBatchReply>>),
     /// Read many keys, one way: answered with a [`ReplicaMessage::ReadAnswer`] cast back to the
     /// asking node (a call costs ractor_cluster a spawned reply task and a timer per message).
     ReadAsk(Wire<ReadAsk>),
@@ -329,9 +298,6 @@ pub enum ReplicaMessage {
     WriteAsk(Wire<WriteAsk>),
     /// The answers to a [`ReplicaMessage::WriteAsk`].
     WriteAnswer(Wire<WriteAnswer>),
-    /// Merge many objects; answered once all are durable (served for older coordinators).
-    #[rpc]
-    WriteMany(Wire<WriteBatch>, RpcReplyPort<Wire<WriteBatchReply>>),
     /// Coordinate a client write this node received but does not replicate.
     #[rpc]
     Coordinate(

@@ -12,8 +12,8 @@ use crate::anti_entropy;
 use crate::coordinator::{self, NodeContext};
 use crate::partition_table::PeerCopy;
 use crate::protocol::{
-    Heartbeat, KvError, ReadAnswer, ReadBatchReply, ReplicaMessage, ReplicaObject, ReplicaRead,
-    ReplicaWrite, Wire, WriteAnswer, WriteBatchReply,
+    Heartbeat, KvError, ReadAnswer, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire,
+    WriteAnswer,
 };
 use crate::reaper;
 use crate::replica_io;
@@ -69,16 +69,6 @@ impl Actor for Replica {
                     ring_hash: state.ring_hash,
                 }));
             }
-            ReplicaMessage::ReadMany(Wire(req), reply) => {
-                let results = match req {
-                    Ok(batch) => batch.reads.iter().map(|r| read_local(&ctx, r)).collect(),
-                    Err(e) => {
-                        malformed("read batch", e);
-                        Vec::new()
-                    }
-                };
-                let _ = reply.send(Wire::new(ReadBatchReply { results }));
-            }
             ReplicaMessage::ReadAsk(Wire(req)) => match req {
                 Ok(ask) => {
                     let results = ask.reads.iter().map(|r| read_local(&ctx, r)).collect();
@@ -130,20 +120,6 @@ impl Actor for Replica {
                 }
                 Err(e) => drop(malformed("write answer", e)),
             },
-            ReplicaMessage::WriteMany(Wire(req), reply) => {
-                let Ok(batch) = req.map_err(|e| malformed("write batch", e)) else {
-                    let _ = reply.send(Wire::new(WriteBatchReply {
-                        results: Vec::new(),
-                    }));
-                    return Ok(());
-                };
-                // Merges wait for the vnodes' durable commits: never block this mailbox.
-                tokio::spawn(async move {
-                    let deadline = std::time::Instant::now() + ctx.default_timeout;
-                    let results = apply_writes(&ctx, batch.writes, deadline).await;
-                    let _ = reply.send(Wire::new(WriteBatchReply { results }));
-                });
-            }
             ReplicaMessage::AaeTree(Wire(req), reply) => {
                 let r = req
                     .map_err(|e| malformed("merkle tree", e))
