@@ -16,7 +16,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
     GetReply, GetRequest, PingReply, PingRequest, PutReply, PutRequest, RouterMessage, Wire,
-    router_group,
+    admin_group, router_group,
 };
 use serde_bytes::ByteBuf;
 
@@ -109,6 +109,12 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
     Ok(node)
 }
 
+/// True when `node`'s router and admin actors are visible, the groups a client uses.
+fn published(node: &str) -> bool {
+    !ractor::pg::get_members(&router_group(node)).is_empty()
+        && !ractor::pg::get_members(&admin_group(node)).is_empty()
+}
+
 /// Node ids this process already has a live session with.
 async fn connected_peers(server: &ActorRef<NodeServerMessage>) -> Vec<String> {
     match server
@@ -166,6 +172,7 @@ impl Client {
             .iter()
             .filter(|(id, _)| !peers.contains(id))
             .map(|(id, addr)| {
+                client.dialing(id);
                 let (server, addr, id) = (node.server.clone(), *addr, id.clone());
                 let limit = cfg.connect_timeout;
                 // The socket must belong to the client node's runtime, which serves the session.
@@ -192,13 +199,11 @@ impl Client {
                 Err(e) => failures.push(format!("{id} at {addr}: {e}")),
             }
         }
-        // Routers become visible once the session is authenticated and groups are synced.
+        // A member's actors become visible once its session is authenticated and every group
+        // it publishes has arrived, in no fixed order.
         let deadline = Instant::now() + cfg.connect_timeout;
         loop {
-            let ready = dialed
-                .iter()
-                .filter(|id| !ractor::pg::get_members(&router_group(id)).is_empty())
-                .count();
+            let ready = dialed.iter().filter(|id| published(id)).count();
             if ready == dialed.len() && ready > 0 {
                 break;
             }
@@ -281,27 +286,39 @@ impl Client {
         else {
             return;
         };
-        {
-            let mut last = self
-                .inner
-                .last_dial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last
-                .get(node)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-            {
-                return;
-            }
-            last.insert(node.to_string(), Instant::now());
+        if !self.dialing(node) {
+            return;
         }
         if let Ok(cn) = client_node(&self.inner.config.cookie) {
-            let server = cn.server.clone();
+            let (server, node) = (cn.server.clone(), node.to_string());
             cn.runtime.spawn(async move {
+                // A second session to a member makes both ends elect one and close the other,
+                // taking the member's actors out of view meanwhile: dial only when none is up.
+                if connected_peers(&server).await.contains(&node) {
+                    return;
+                }
                 let dial = ractor_cluster::client_connect(&server, addr);
                 let _ = tokio::time::timeout(REDIAL_TIMEOUT, dial).await;
             });
         }
+    }
+
+    /// Records a dial to `node`; false when one was made less than a second ago (its session
+    /// may still be authenticating).
+    fn dialing(&self, node: &str) -> bool {
+        let mut last = self
+            .inner
+            .last_dial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last
+            .get(node)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        last.insert(node.to_string(), Instant::now());
+        true
     }
 
     /// Nodes to try, best first: for a key, its replicas (a write's first replica first, so

@@ -418,10 +418,27 @@ impl TestCluster {
     }
 }
 
+/// Lines of each node's log shown when a test fails.
+const LOG_TAIL_ON_FAILURE: usize = 60;
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for i in 0..self.children.len() {
             self.kill(i);
+        }
+        // The temporary folder goes with the cluster, so a failing test shows its nodes' last
+        // words here (libtest prints a failed test's captured output).
+        if std::thread::panicking() {
+            for i in 0..self.ids.len() {
+                let log = self.log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+                eprintln!(
+                    "--- last lines of {}'s log ---\n{}",
+                    self.ids[i],
+                    tail.join("\n")
+                );
+            }
         }
     }
 }
