@@ -177,8 +177,11 @@ impl Client {
                 let limit = cfg.connect_timeout;
                 // The socket must belong to the client node's runtime, which serves the session.
                 let dial = node.runtime.spawn(async move {
-                    match tokio::time::timeout(limit, ractor_cluster::client_connect(&server, addr))
-                        .await
+                    match tokio::time::timeout(
+                        limit,
+                        ringkv_actors::transport::connect(&server, addr),
+                    )
+                    .await
                     {
                         Ok(r) => r.map_err(|e| e.to_string()),
                         Err(_) => Err(format!("no answer within {limit:?}")),
@@ -297,7 +300,7 @@ impl Client {
                 if connected_peers(&server).await.contains(&node) {
                     return;
                 }
-                let dial = ractor_cluster::client_connect(&server, addr);
+                let dial = ringkv_actors::transport::connect(&server, addr);
                 let _ = tokio::time::timeout(REDIAL_TIMEOUT, dial).await;
             });
         }

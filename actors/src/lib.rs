@@ -17,5 +17,6 @@ pub mod replica_io;
 pub mod request_stats;
 pub mod settings;
 pub mod storage;
+pub mod transport;
 
 pub use node::Node;

@@ -101,7 +101,7 @@ impl NodeEventSubscription for Events {
     }
 }
 
-/// `ractor_cluster::client_connect` with the socket bound to `local_ip` first: a node's links
+/// Dials `addr` (see [`crate::transport`]) with the socket bound to `local_ip` first: a node's links
 /// leave from its own member address, so firewall rules between member addresses (partition
 /// tests) cut exactly the links between those nodes. A local IP of the other family than the
 /// peer (or unspecified) is not bound, leaving the choice to the kernel.
@@ -118,18 +118,7 @@ async fn connect_from(
         socket.bind(SocketAddr::new(local_ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let peer_addr = stream.peer_addr()?;
-    let local_addr = stream.local_addr()?;
-    server.cast(NodeServerMessage::ConnectionOpened {
-        stream: Box::new(ractor_cluster::NetworkStream::Raw {
-            stream,
-            peer_addr,
-            local_addr,
-        }),
-        is_server: false,
-    })?;
-    Ok(())
+    crate::transport::open(server, stream, false)
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

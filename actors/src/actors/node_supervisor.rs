@@ -77,6 +77,8 @@ pub struct NodeSupervisorState {
     vnodes: ActorRef<VnodeSupervisorMessage>,
     routers: Vec<ActorRef<RouterMessage>>,
     server: ActorRef<NodeServerMessage>,
+    /// Accepts connections on the member address.
+    accept: tokio::task::JoinHandle<()>,
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
@@ -240,8 +242,14 @@ impl Actor for NodeSupervisor {
         ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
 
         let me = settings.me().clone();
+        // The member address is accepted on here, not by the node server, so that sessions
+        // read through a buffer (see `transport`); the server's own listener takes an unused
+        // ephemeral port.
+        let listener = tokio::net::TcpListener::bind(me.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", me.addr))?;
         let server = NodeServer::new(
-            me.addr.port(),
+            0,
             settings.cookie.clone(),
             settings.node_id.clone(),
             me.addr.ip().to_string(),
@@ -250,6 +258,7 @@ impl Actor for NodeSupervisor {
         )
         .with_listen_addr(me.addr.ip());
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        let accept = tokio::spawn(crate::transport::serve(listener, server.clone()));
         let cluster_args = ClusterArgs {
             node_id: settings.node_id.clone(),
             local_ip: me.addr.ip(),
@@ -277,6 +286,7 @@ impl Actor for NodeSupervisor {
             vnodes,
             routers: Vec::new(),
             server,
+            accept,
             admin,
             replica,
             cluster,
@@ -312,6 +322,7 @@ impl Actor for NodeSupervisor {
             NodeSupervisorMessage::Shutdown(reply) => {
                 state.stopping = true;
                 tracing::info!("shutting down");
+                state.accept.abort();
                 state.cluster.stop(None);
                 state.handoff.stop(None);
                 state.aae.stop(None);
@@ -342,6 +353,16 @@ impl Actor for NodeSupervisor {
                 myself.stop(Some("shutdown".into()));
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NodeSupervisorMessage>,
+        state: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // However the node stops, it stops taking connections.
+        state.accept.abort();
         Ok(())
     }
 
