@@ -226,8 +226,13 @@ impl Asker {
             // Random, so an answer meant for an earlier incarnation of this node (a peer that
             // resumes after this node restarted) matches no batch of this one.
             let mut next_id: u64 = rand::random();
-            while let Some(batch) = next_batch(&mut rx, &mut held, size).await {
+            loop {
+                // The slot first: what queues while every slot is taken joins the batch that
+                // takes the next one, so a busy link sends fewer, fuller messages.
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
+                let Some(batch) = next_batch(&mut rx, &mut held, size).await else {
+                    break;
+                };
                 next_id = next_id.wrapping_add(1);
                 me.ask(&pending, next_id, batch, permit, message);
             }

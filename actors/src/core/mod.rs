@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod limits;
 pub mod merkle;
+pub mod primaries;
 pub mod quorum;
 pub mod ring;
 pub mod version;

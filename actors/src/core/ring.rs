@@ -10,6 +10,8 @@ use std::cmp::Reverse;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use super::primaries::first_replicas;
+
 /// Identifier of a cluster member, e.g. "n1".
 pub type NodeId = String;
 
@@ -177,7 +179,9 @@ impl Ring {
 /// * one join or leave changes at most share + 1.25*sqrt(Q*N) + 5 replica slots, where share
 ///   is the arriving or departing node's Q*N/S (measured for S <= 16, Q <= 256, N <= 3).
 ///
-/// Within a partition, chosen nodes come first, then the rest, each group by descending weight.
+/// Within a partition, chosen nodes come first, then the rest, each group by descending weight,
+/// except that the first place goes to the chosen node [`first_replicas`] picks, so first
+/// places (write coordinators) spread as evenly as the replica sets allow.
 pub fn claim(members: &[NodeId], partitions: u32, replicas: usize) -> Vec<Vec<NodeId>> {
     let mut nodes: Vec<&str> = members.iter().map(String::as_str).collect();
     nodes.sort_unstable();
@@ -191,10 +195,18 @@ pub fn claim(members: &[NodeId], partitions: u32, replicas: usize) -> Vec<Vec<No
         weight.extend(nodes.iter().map(|id| xxh3_64_with_seed(id.as_bytes(), p)));
     }
     let held = Balancer::new(&weight, s, replicas.min(s)).solve();
+    let first = first_replicas(&held, &weight, s);
     (0..partitions as usize)
         .map(|p| {
             let mut order: Vec<usize> = (0..s).collect();
-            order.sort_unstable_by_key(|&i| (!held[p * s + i], Reverse(weight[p * s + i]), i));
+            order.sort_unstable_by_key(|&i| {
+                let rank = if i == first[p] {
+                    0
+                } else {
+                    1 + u8::from(!held[p * s + i])
+                };
+                (rank, Reverse(weight[p * s + i]), i)
+            });
             order.into_iter().map(|i| nodes[i].to_owned()).collect()
         })
         .collect()
@@ -479,6 +491,21 @@ mod tests {
     }
 
     #[test]
+    fn first_places_spread_evenly_on_the_default_ring() {
+        let ring = Ring::new(&ids(&["n1", "n2", "n3"]), 64, 3).unwrap();
+        let mut firsts: Vec<usize> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|m| {
+                (0..64)
+                    .filter(|&p| ring.preference_list(p)[0] == *m)
+                    .count()
+            })
+            .collect();
+        firsts.sort();
+        assert_eq!(firsts, [21, 21, 22]);
+    }
+
+    #[test]
     fn single_node_owns_every_partition() {
         let ring = Ring::new(&ids(&["n1"]), 64, 1).unwrap();
         assert_eq!(ring.partitions_of("n1"), (0..64).collect::<Vec<_>>());
@@ -521,6 +548,12 @@ mod tests {
             }
             let (total, s) = (q as usize * n, members.len());
             let (lo, hi) = (total / s, total.div_ceil(s));
+            let firsts: Vec<usize> = members
+                .iter()
+                .map(|m| (0..q).filter(|&p| ring.preference_list(p)[0] == *m).count())
+                .collect();
+            let (fewest, most) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+            prop_assert!(most - fewest <= 1, "first places {firsts:?}");
             for m in &members {
                 let held = ring.partitions_of(m);
                 prop_assert!((lo..=hi).contains(&held.len()), "{m}: {} not in {lo}..={hi}", held.len());
