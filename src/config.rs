@@ -143,6 +143,9 @@ impl TryFrom<String> for ConflictMode {
     }
 }
 
+/// Longest group-commit window accepted, µs.
+const MAX_GROUP_COMMIT_US: u64 = 100_000;
+
 /// `[storage]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,6 +164,9 @@ pub struct StorageSection {
     pub batch_max_bytes: usize,
     /// Commit log segment size, MiB; a full segment triggers a vnode checkpoint.
     pub log_segment_mb: u64,
+    /// With `sync`, how long (µs) the commit log lets concurrent writes gather before one
+    /// fdatasync covers them all; 0 syncs at once.
+    pub group_commit_us: u64,
 }
 
 impl Default for StorageSection {
@@ -173,6 +179,7 @@ impl Default for StorageSection {
             batch_max_writes: 512,
             batch_max_bytes: 1 << 20,
             log_segment_mb: 64,
+            group_commit_us: 1000,
         }
     }
 }
@@ -439,6 +446,12 @@ impl ClusterConfig {
         if self.storage.log_segment_mb == 0 {
             return Err(bad("storage.log_segment_mb must be at least 1"));
         }
+        if self.storage.group_commit_us > MAX_GROUP_COMMIT_US {
+            return Err(bad(format!(
+                "storage.group_commit_us ({}) must be at most {MAX_GROUP_COMMIT_US}: every concurrent write waits that long",
+                self.storage.group_commit_us
+            )));
+        }
         self.consistency.levels(c.replicas)?;
         if self.node.heartbeat_ms == 0 || self.node.missed_heartbeats == 0 {
             return Err(bad(
@@ -493,6 +506,7 @@ impl ClusterConfig {
             batch_max_writes: s.batch_max_writes,
             batch_max_bytes: s.batch_max_bytes,
             log_segment_bytes: s.log_segment_mb << 20,
+            group_commit_window: Duration::from_micros(s.group_commit_us),
             limits: Limits {
                 max_key_bytes: self.limits.max_key_bytes,
                 max_pair_bytes: self.limits.max_pair_bytes,

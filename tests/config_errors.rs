@@ -56,6 +56,11 @@ fn each_mistake_is_named() {
             "n1",
             "unknown field `durabilty`",
         ),
+        (
+            format!("{BASE}\n[storage]\ngroup_commit_us = 250000\n"),
+            "n1",
+            "storage.group_commit_us (250000) must be at most 100000",
+        ),
     ];
     for (body, node, want) in cases {
         let (code, err) = run_node(&body, node);

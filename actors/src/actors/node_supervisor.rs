@@ -122,8 +122,12 @@ impl Actor for NodeSupervisor {
         let dots = Arc::new(DotSequence::open(&settings.node_dir.join("dot-sequence"))?);
         let incarnation = Arc::new(Incarnation::start(&settings.node_dir.join("incarnation"))?);
         let log_dir = settings.node_dir.join("commitlog");
-        let (log, sealed, log_thread) =
-            CommitLog::open(&log_dir, settings.durability, settings.log_segment_bytes)?;
+        let (log, sealed, log_thread) = CommitLog::open(
+            &log_dir,
+            settings.durability,
+            settings.log_segment_bytes,
+            settings.group_commit_window,
+        )?;
         let recovered = tokio::task::block_in_place(|| read_entries(&log_dir, None))?;
         if !recovered.is_empty() {
             tracing::info!(entries = recovered.len(), "replaying commit log");
