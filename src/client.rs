@@ -396,6 +396,14 @@ impl Client {
                     retried = true;
                     last = KvError::NotConnected(m);
                 }
+                // A node that sees too few replicas up may only lag the others' view (just
+                // resumed, its sessions still re-dialing); a read is safe to ask elsewhere. A
+                // write is not: it may have reached some replicas, and a second coordinator
+                // would mint a concurrent version of it.
+                Err(e @ KvError::Unavailable { .. }) if may_retry && !write => {
+                    retried = true;
+                    last = e;
+                }
                 Err(KvError::Timeout) if may_retry && attempt < left => {
                     if self.inner.suspects.suspect(node) {
                         self.probe(node);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, wait_until};
+use common::{TestCluster, wait_seen, wait_until};
 use ringkv::RequestOptions;
 use ringkv_actors::core::quorum::Consistency;
 
@@ -116,4 +116,35 @@ async fn a_write_given_up_by_the_client_is_not_applied_when_the_node_resumes() {
         vec![b"before".to_vec()],
         "the expired write was applied"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_keep_succeeding_while_a_resumed_node_reconnects() {
+    let c = TestCluster::start_replicated("rs", 3, 3, "").await;
+    let client = c.client().await;
+    for i in 0..50 {
+        client.put(format!("r{i}"), "v").await.unwrap();
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(c.pid(1) as libc::pid_t, libc::SIGSTOP) };
+    // The others mark it down and close its sessions; on waking it finds them closed and
+    // sees too few replicas until it has re-dialed.
+    wait_seen(&client, &c.ids[0], &c.ids[1], false).await;
+    wait_seen(&client, &c.ids[2], &c.ids[1], false).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(c.pid(1) as libc::pid_t, libc::SIGCONT) };
+    let quorum = RequestOptions {
+        r: Some(Consistency::Quorum),
+        ..Default::default()
+    };
+    for round in 0..6 {
+        for i in 0..50 {
+            let key = format!("r{i}");
+            let r = client
+                .get_with(&key, &quorum)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, get {key}: {e}"));
+            assert_eq!(r.values, vec![b"v".to_vec()], "{key}");
+        }
+    }
 }

@@ -507,7 +507,15 @@ mod tests {
             "a lone writer waited for the window: {:?} for {lone} appends",
             started.elapsed()
         );
-        // Busy writers: after the first full group, each sync covers a window's worth.
+        // One append of as many writes as make a full group (a vnode's batch under load)
+        // opens the window; from then on the busy writers keep the groups full.
+        let (tx, rx) = mpsc::channel();
+        let batch = (0..GATHER_MIN_WRITES).map(|i| entry(0, &i.to_string(), "v"));
+        log.append(
+            batch.collect(),
+            Some(Box::new(move || tx.send(()).unwrap())),
+        );
+        rx.recv().unwrap();
         let run = Duration::from_millis(500);
         let syncs = log.syncs();
         let writes = busy_writers(&log, 32, run);
