@@ -346,8 +346,9 @@ impl Client {
 
     /// Sends a request to the best reachable node, moving to the next one (once) when the
     /// connection to a node is lost or the node holds the request past the attempt timeout
-    /// (it is then suspected for a while and tried last). A write retried this way may be
-    /// applied twice; both versions carry the same bytes and read back as one value.
+    /// (it is then suspected for a while and tried last), and for a read also when the node
+    /// answers `Unavailable`. A write retried this way may be applied twice; both versions
+    /// carry the same bytes and read back as one value.
     async fn send<R, F>(
         &self,
         key: &[u8],
@@ -400,7 +401,9 @@ impl Client {
                 // resumed, its sessions still re-dialing); a read is safe to ask elsewhere. A
                 // write is not: it may have reached some replicas, and a second coordinator
                 // would mint a concurrent version of it.
-                Err(e @ KvError::Unavailable { .. }) if may_retry && !write => {
+                Err(e @ KvError::Unavailable { .. })
+                    if may_retry && !write && Instant::now() < deadline =>
+                {
                     retried = true;
                     last = e;
                 }

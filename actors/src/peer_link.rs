@@ -45,8 +45,15 @@ struct AskedBatch<A> {
     replies: Vec<oneshot::Sender<Result<A, KvError>>>,
     /// The latest deadline of its jobs.
     deadline: Instant,
-    _permit: OwnedSemaphorePermit,
+    sent: Instant,
+    /// Its in-flight slot, given back after [`SLOT_HOLD`] even while it waits on.
+    permit: Option<OwnedSemaphorePermit>,
 }
+
+/// Longest a batch keeps its in-flight slot: answers normally come within milliseconds, so one
+/// answer lost (a peer session replaced between sweeps) holds up the link's next batches for
+/// this long, not until its requesters' deadline.
+const SLOT_HOLD: Duration = Duration::from_millis(50);
 
 /// Batches of one kind awaiting their answer casts, by batch id.
 type Asked<A> = Arc<Mutex<HashMap<u64, AskedBatch<A>>>>;
@@ -278,7 +285,8 @@ impl Asker {
             AskedBatch {
                 replies,
                 deadline,
-                _permit: permit,
+                sent: now,
+                permit: Some(permit),
             },
         );
         if replica.cast(message(self.me.clone(), id, items)).is_err()
@@ -308,7 +316,11 @@ impl Asker {
                     .filter(|(_, b)| gone || b.deadline <= now)
                     .map(|(id, _)| *id)
                     .collect();
-                ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+                let settled = ids.into_iter().filter_map(|id| map.remove(&id)).collect();
+                for b in map.values_mut().filter(|b| b.sent + SLOT_HOLD <= now) {
+                    b.permit = None;
+                }
+                settled
             };
             let why: fn() -> KvError = if gone {
                 unreachable

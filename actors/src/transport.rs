@@ -71,9 +71,22 @@ pub async fn connect(
     open(server, stream, false)
 }
 
-/// Accepts connections on `listener` for `server` until the task is aborted or the server
-/// stops.
-pub async fn serve(listener: TcpListener, server: ActorRef<NodeServerMessage>) {
+/// The task accepting a node's connections; dropping it stops accepting (and closes the
+/// listening socket), however the node stops, even partway through starting.
+pub struct Accepting(tokio::task::JoinHandle<()>);
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts connections on `listener` for `server` until the returned handle is dropped.
+pub fn accept(listener: TcpListener, server: ActorRef<NodeServerMessage>) -> Accepting {
+    Accepting(tokio::spawn(serve(listener, server)))
+}
+
+async fn serve(listener: TcpListener, server: ActorRef<NodeServerMessage>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => match open(&server, stream, true) {

@@ -34,8 +34,10 @@ use crate::storage::hint_store::HintStore;
 use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
 
-/// Static membership: the ring never changes while a node runs, so its version is fixed.
-const RING_VERSION: u64 = 1;
+/// Static membership: the ring never changes while a node runs, so its version is fixed. It
+/// names the claim algorithm too (2: first places spread evenly), so nodes computing
+/// preference lists differently do not report agreement.
+const RING_VERSION: u64 = 2;
 
 /// A hash of everything the ring is computed from; nodes compare it to agree on the ring.
 fn ring_hash(settings: &NodeSettings) -> u64 {
@@ -46,7 +48,7 @@ fn ring_hash(settings: &NodeSettings) -> u64 {
         .collect();
     members.sort();
     let text = format!(
-        "{}|{}|{}",
+        "{RING_VERSION}|{}|{}|{}",
         settings.partitions,
         settings.replicas,
         members.join(",")
@@ -77,8 +79,8 @@ pub struct NodeSupervisorState {
     vnodes: ActorRef<VnodeSupervisorMessage>,
     routers: Vec<ActorRef<RouterMessage>>,
     server: ActorRef<NodeServerMessage>,
-    /// Accepts connections on the member address.
-    accept: tokio::task::JoinHandle<()>,
+    /// Accepts connections on the member address; `None` once shutting down.
+    accept: Option<crate::transport::Accepting>,
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
@@ -262,7 +264,7 @@ impl Actor for NodeSupervisor {
         )
         .with_listen_addr(me.addr.ip());
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
-        let accept = tokio::spawn(crate::transport::serve(listener, server.clone()));
+        let accept = Some(crate::transport::accept(listener, server.clone()));
         let cluster_args = ClusterArgs {
             node_id: settings.node_id.clone(),
             local_ip: me.addr.ip(),
@@ -326,7 +328,7 @@ impl Actor for NodeSupervisor {
             NodeSupervisorMessage::Shutdown(reply) => {
                 state.stopping = true;
                 tracing::info!("shutting down");
-                state.accept.abort();
+                state.accept = None;
                 state.cluster.stop(None);
                 state.handoff.stop(None);
                 state.aae.stop(None);
@@ -357,16 +359,6 @@ impl Actor for NodeSupervisor {
                 myself.stop(Some("shutdown".into()));
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<NodeSupervisorMessage>,
-        state: &mut NodeSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        // However the node stops, it stops taking connections.
-        state.accept.abort();
         Ok(())
     }
 

@@ -27,25 +27,26 @@ pub fn first_replicas(held: &[bool], weight: &[u64], s: usize) -> Vec<usize> {
                 .expect("every partition has a holder")
         })
         .collect();
-    let mut count = vec![0usize; s];
-    for &i in &first {
-        count[i] += 1;
+    // The partitions each node is first for, in no particular order.
+    let mut firsts: Vec<Vec<usize>> = vec![Vec::new(); s];
+    for (p, &i) in first.iter().enumerate() {
+        firsts[i].push(p);
     }
     loop {
         let mut sources: Vec<usize> = (0..s).collect();
-        sources.sort_by_key(|&i| (Reverse(count[i]), i));
+        sources.sort_by_key(|&i| (Reverse(firsts[i].len()), i));
         let Some(chain) = sources
             .into_iter()
-            .find_map(|u| chain_from(u, &first, &count, held, s))
+            .find_map(|u| chain_from(u, &firsts, held, s))
         else {
             return first;
         };
-        let (from, to) = (first[chain[0].0], chain[chain.len() - 1].1);
         for (p, j) in chain {
+            let old = &mut firsts[first[p]];
+            old.swap_remove(old.iter().position(|&x| x == p).expect("listed"));
+            firsts[j].push(p);
             first[p] = j;
         }
-        count[from] -= 1;
-        count[to] += 1;
     }
 }
 
@@ -54,32 +55,36 @@ pub fn first_replicas(held: &[bool], weight: &[u64], s: usize) -> Vec<usize> {
 /// one ended. `None` when no such node is reachable.
 fn chain_from(
     u: usize,
-    first: &[usize],
-    count: &[usize],
+    firsts: &[Vec<usize>],
     held: &[bool],
     s: usize,
 ) -> Option<Vec<(usize, usize)>> {
-    // Breadth-first over nodes; `via[j]` is the partition whose first place reaches j.
-    let mut via: Vec<Option<usize>> = vec![None; s];
+    let count = |i: usize| firsts[i].len();
+    // Breadth-first over nodes; `via[j]` is (the partition whose first place reaches j, the
+    // node it moves from).
+    let mut via: Vec<Option<(usize, usize)>> = vec![None; s];
     let mut seen = vec![false; s];
     seen[u] = true;
     let mut queue = VecDeque::from([u]);
     while let Some(i) = queue.pop_front() {
-        if count[i] + 2 <= count[u] {
+        if count(i) + 2 <= count(u) {
             let mut chain = Vec::new();
             let mut j = i;
-            while let Some(p) = via[j] {
+            while let Some((p, from)) = via[j] {
                 chain.push((p, j));
-                j = first[p];
+                j = from;
             }
             chain.reverse();
             return Some(chain);
         }
-        for (p, _) in first.iter().enumerate().filter(|&(_, &f)| f == i) {
+        // Partitions in ascending order, so the chain found depends only on the inputs.
+        let mut mine = firsts[i].clone();
+        mine.sort_unstable();
+        for p in mine {
             for j in (0..s).filter(|&j| held[p * s + j]) {
                 if !seen[j] {
                     seen[j] = true;
-                    via[j] = Some(p);
+                    via[j] = Some((p, i));
                     queue.push_back(j);
                 }
             }
