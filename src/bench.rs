@@ -173,13 +173,17 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
             }
         })
     });
+    // The load runs on the client node's runtime: a request then reaches its socket without
+    // waking a thread of another runtime, which on a small machine cost more CPU than the
+    // cluster spent on a ping.
+    let runtime = client.runtime();
     let mut tasks = Vec::new();
     for t in 0..opts.concurrency {
         let client = client.clone();
         let value = value.clone();
         let opts = opts.clone();
         let interval = interval.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(runtime.spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut rng = SmallRng::seed_from_u64(t as u64 * 7919 + 1);
             let zipf = Zipf::new(opts.keys as f64, 0.99).unwrap();
@@ -272,7 +276,7 @@ async fn load(
     let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
     for _ in 0..opts.concurrency {
         let (client, value, next, keys) = (client.clone(), value.clone(), next.clone(), opts.keys);
-        tasks.push(tokio::spawn(async move {
+        tasks.push(client.runtime().spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= keys {
