@@ -21,6 +21,7 @@ use crate::anti_entropy::AaeStatus;
 use crate::core::codec::encode_object;
 use crate::core::limits::Limits;
 use crate::core::quorum::{Consistency, Tally, Verdict};
+use crate::core::read_order::read_order;
 use crate::core::ring::Ring;
 use crate::core::version::{ConflictPolicy, Object};
 use crate::partition_table::PartitionTable;
@@ -221,10 +222,10 @@ pub async fn get(
     }
     let deadline = ctx.deadline(req.timeout_ms);
     let key = req.key.into_vec();
-    // Ask R replicas (this node first when it is one), keeping the rest as spares for failed
-    // replies; a share of reads asks all N so replicas outside the first R get repaired too.
-    let mut order = up.clone();
-    order.sort_by_key(|n| *n != me);
+    // Ask the first R replicas of the read order (this node first when it is one), keeping
+    // the rest as spares for failed replies; a share of reads asks all N so replicas outside
+    // the first R get repaired too.
+    let mut order = read_order(ctx.ring.members(), me, &up);
     let ask_all = rand::random::<f64>() < ctx.read_repair_chance;
     let first = if ask_all { order.len() } else { needed };
     let mut spares = order.split_off(first).into_iter();

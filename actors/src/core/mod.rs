@@ -5,5 +5,6 @@ pub mod limits;
 pub mod merkle;
 pub mod primaries;
 pub mod quorum;
+pub mod read_order;
 pub mod ring;
 pub mod version;
