@@ -139,6 +139,9 @@ pub struct BenchReport {
     pub error_samples: Vec<String>,
 }
 
+/// How long a load task pauses after a failed request.
+const ERROR_PAUSE: Duration = Duration::from_millis(5);
+
 fn key_name(i: u64) -> Vec<u8> {
     format!("bench-{i:012}").into_bytes()
 }
@@ -213,6 +216,10 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
                 match r {
                     Ok(()) => ok += 1,
                     Err(e) => {
+                        // A request can fail at once (no node reachable); retrying at once
+                        // would spin the client runtime's one thread and starve the re-dials
+                        // that end the outage.
+                        tokio::time::sleep(ERROR_PAUSE).await;
                         errs += 1;
                         let m = e.to_string();
                         if samples.len() < 5 && !samples.contains(&m) {

@@ -533,9 +533,13 @@ impl Client {
         self.get_with(key, &RequestOptions::default()).await
     }
 
-    /// The runtime the client's node runs on. Requests made from tasks spawned here skip a
-    /// wake-up across threads on the way out and back, which is what a load generator wants;
-    /// anything that blocks must not run here, or every request of the process stalls.
+    /// The runtime the client's node runs on: one worker thread, shared by every `Client` of
+    /// the process and never shut down (tasks spawned here outlive the caller's runtime).
+    /// Requests made from tasks spawned here skip a wake-up across threads on the way out and
+    /// back, which is what a load generator wants. Nothing that blocks may run here, nor a loop
+    /// that retries failures without awaiting a pause (with no node reachable a request fails
+    /// at once, and the loop would starve the re-dials): every request of the process runs on
+    /// this thread.
     pub fn runtime(&self) -> tokio::runtime::Handle {
         self.inner.runtime.clone()
     }
