@@ -4,21 +4,10 @@
 
 mod common;
 
-use std::process::Output;
-
-use common::TestCluster;
+use common::{TestCluster, describe};
 use ringkv::RequestOptions;
 use ringkv_actors::core::quorum::Consistency;
 use serde_json::Value;
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Runs `ringkv bench <args> --json`, which must succeed, and parses its report.
 fn bench_json(c: &TestCluster, args: &[&str]) -> Value {

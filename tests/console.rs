@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{TestCluster, wait_until};
+use common::{TestCluster, describe, wait_until};
 use serde_json::Value;
 
 /// Runs `ringkv console -c <line> [--json]`.
@@ -28,15 +28,6 @@ fn console_json(c: &TestCluster, line: &str) -> Value {
     assert_eq!(out.status.code(), Some(0), "{line}: {}", describe(&out));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{line}: {e}: {}", describe(&out)))
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ids_of(list: &Value, field: &str) -> Vec<String> {

@@ -453,6 +453,16 @@ pub fn cli_with(config: &Path, args: &[&str]) -> Output {
         .expect("ringkv runs")
 }
 
+/// A finished command's exit code and output, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Asserts that a command exited 0, showing its stderr otherwise.
 pub fn assert_success(out: &Output) {
     assert_eq!(
