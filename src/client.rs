@@ -61,8 +61,9 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
             .name("ringkv-client".into())
             .spawn(move || {
                 // One worker: the node only moves frames between sockets and callers, and a
-                // second thread cost more in cross-thread wake-ups than it added (a 3-node
-                // local cluster served 4-7% more quorum reads with one).
+                // second thread cost more in cross-thread wake-ups than it added (with the
+                // bench's load on this runtime, one worker drove a 3-node local cluster to
+                // 7-9% more quorum reads and 20% more pings than two).
                 let rt = match tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .thread_name("ringkv-client-rt")
