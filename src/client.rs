@@ -575,11 +575,8 @@ impl Client {
     /// Probes a suspected node until it answers a ping, then clears the suspicion. Holds the
     /// client weakly: probing ends with the last handle.
     fn probe(&self, node: &str) {
-        let Ok(cn) = client_node(&self.inner.config.cookie) else {
-            return;
-        };
         let (inner, node) = (Arc::downgrade(&self.inner), node.to_string());
-        cn.runtime.spawn(async move {
+        self.inner.runtime.spawn(async move {
             loop {
                 tokio::time::sleep(suspects::PROBE_EVERY).await;
                 let Some(inner) = inner.upgrade() else {
