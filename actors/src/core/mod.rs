@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod limits;
 pub mod merkle;
+pub mod placement;
 pub mod primaries;
 pub mod quorum;
 pub mod read_order;
