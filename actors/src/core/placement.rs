@@ -107,6 +107,9 @@ pub enum PlanError {
     /// Two staged changes name the same node.
     #[error("{0} is already named by a staged change; commit or clear first")]
     AlreadyStaged(NodeId),
+    /// The id is not letters, digits, '-' and '_'.
+    #[error("node id {0:?} is invalid: use letters, digits, '-' and '_'")]
+    BadId(String),
     /// The address is not `ip:port`, or another member uses it.
     #[error("bad address {0:?}: give ip:port, not used by another member")]
     BadAddress(String),
@@ -320,7 +323,7 @@ impl Placement {
         }
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let ids: Vec<NodeId> = members.iter().map(|m| m.id.clone()).collect();
-        let ring = rebalance(&self.ring, &ids)?;
+        let ring = self.ring.rebalanced(&ids)?;
         let moving = !moves_between(&self.ring, &ring).is_empty();
         let mut all = self.members.clone();
         for m in &members {
@@ -343,11 +346,6 @@ impl Placement {
     }
 }
 
-/// The target ring over `ids`, moving as few replicas from `ring` as balance allows.
-fn rebalance(ring: &Ring, ids: &[NodeId]) -> Result<Ring, RingError> {
-    Ring::new(ids, ring.partitions(), ring.replicas())
-}
-
 /// Validates one change against the member list so far and applies it.
 fn apply_change(members: &mut Vec<MemberAddr>, change: &Change) -> Result<(), PlanError> {
     let known = |members: &[MemberAddr], id: &str| members.iter().any(|m| m.id == id);
@@ -360,6 +358,7 @@ fn apply_change(members: &mut Vec<MemberAddr>, change: &Change) -> Result<(), Pl
     };
     match change {
         Change::Join { id, addr } => {
+            check_id(id)?;
             if known(members, id) {
                 return Err(PlanError::AlreadyMember(id.clone()));
             }
@@ -379,6 +378,7 @@ fn apply_change(members: &mut Vec<MemberAddr>, change: &Change) -> Result<(), Pl
             if !known(members, old) {
                 return Err(PlanError::NotMember(old.clone()));
             }
+            check_id(new)?;
             if known(members, new) {
                 return Err(PlanError::AlreadyMember(new.clone()));
             }
@@ -391,6 +391,18 @@ fn apply_change(members: &mut Vec<MemberAddr>, change: &Change) -> Result<(), Pl
         }
     }
     Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), PlanError> {
+    let ok = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadId(id.to_string()))
+    }
 }
 
 /// Ids a change names, to refuse two staged changes about one node.
