@@ -60,8 +60,15 @@ impl AaeStatus {
 
 /// The replicas this node exchanges `partition` with: those up with a higher id, so each pair
 /// of replicas is exchanged by exactly one of its two nodes.
+/// A moving partition has none: its new replicas end their transfer with an exchange of
+/// their own.
 pub fn partners(ctx: &NodeContext, partition: u32) -> Vec<String> {
-    ctx.ring
+    let placement = ctx.ring.load();
+    if placement.is_moving(partition) {
+        return Vec::new();
+    }
+    placement
+        .ring
         .preference_list(partition)
         .iter()
         .filter(|n| n.as_str() > ctx.node_id.as_str() && ctx.peers.is_up(n))
@@ -245,7 +252,7 @@ pub async fn round(ctx: &Arc<NodeContext>, chunk: usize, keys_per_sec: u32) -> A
         node: ctx.node_id.clone(),
         ..Default::default()
     };
-    for partition in ctx.ring.partitions_of(&ctx.node_id) {
+    for partition in ctx.ring.load().ring.partitions_of(&ctx.node_id) {
         for peer in partners(ctx, partition) {
             match exchange(ctx, partition, &peer, chunk, keys_per_sec).await {
                 Ok(n) => {

@@ -20,10 +20,11 @@ use crate::actors::vnode::{VnodeMessage, WriteOp, WriteOutcome};
 use crate::anti_entropy::AaeStatus;
 use crate::core::codec::encode_object;
 use crate::core::limits::Limits;
+use crate::core::placement::{Placement, SetTally, SetVerdict};
 use crate::core::quorum::{Consistency, Tally, Verdict};
 use crate::core::read_order::read_order;
-use crate::core::ring::Ring;
 use crate::core::version::{ConflictPolicy, Object};
+use crate::membership::ring_cell::RingCell;
 use crate::partition_table::PartitionTable;
 use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
@@ -42,8 +43,8 @@ use crate::storage::stored::Stored;
 pub struct NodeContext {
     /// This node's id.
     pub node_id: String,
-    /// The ring.
-    pub ring: Arc<Ring>,
+    /// The current placement; each request takes one snapshot of it.
+    pub ring: Arc<RingCell>,
     /// Local vnodes.
     pub table: Arc<PartitionTable>,
     /// Members and the failure detector's view of them.
@@ -66,8 +67,8 @@ pub struct NodeContext {
     pub read_repair_chance: f64,
     /// A read whose first R replies take longer than this also asks the remaining replicas.
     pub speculative_read_after: Duration,
-    /// Batching queues to every peer.
-    pub links: std::collections::HashMap<String, PeerLink>,
+    /// Batching queues to every peer, one added per member as members join.
+    pub links: Links,
     /// Writes for down replicas go to fallbacks as hints.
     pub sloppy_quorum: bool,
     /// Hints this node keeps as a fallback.
@@ -80,6 +81,35 @@ pub struct NodeContext {
     pub aae: AaeStatus,
     /// Tombstones every replica was seen to hold, per (partition, key): digest and since when.
     pub reap_agreements: ReapAgreements,
+    /// How ownership transfers run.
+    pub transfer: crate::membership::transfer::TransferSettings,
+    /// Transfers this node serves as a source, bounded by `transfer.max_outbound`.
+    pub transfer_outbound: crate::membership::transfer::Outbound,
+    /// Progress of the transfers this node streams in.
+    pub transfer_board: Arc<crate::membership::transfer::TransferBoard>,
+}
+
+/// Batching queues per peer id.
+#[derive(Debug, Default)]
+pub struct Links(std::sync::RwLock<std::collections::HashMap<String, Arc<PeerLink>>>);
+
+impl Links {
+    /// The queue to `peer`, if it is a member.
+    pub fn get(&self, peer: &str) -> Option<Arc<PeerLink>> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+    }
+
+    /// Starts a queue to `peer` unless one runs.
+    pub fn ensure(&self, peer: &str, start: impl FnOnce() -> PeerLink) {
+        let mut links = self.0.write().unwrap_or_else(|p| p.into_inner());
+        links
+            .entry(peer.to_string())
+            .or_insert_with(|| Arc::new(start()));
+    }
 }
 
 /// Tombstone agreements awaiting their second look, for the reaper.
@@ -93,7 +123,7 @@ impl NodeContext {
     }
 
     fn required(&self, level: Consistency) -> Result<usize, KvError> {
-        let n = self.ring.replicas();
+        let n = self.ring.load().replicas();
         level.required(n).ok_or_else(|| {
             KvError::BadRequest(format!(
                 "consistency {level} asks for more than the {n} replicas"
@@ -108,7 +138,12 @@ impl NodeContext {
 
 /// The error to report when a quorum could not be met: the failures say why.
 fn shortfall(needed: usize, got: usize, errors: &[KvError]) -> KvError {
-    if errors.contains(&KvError::Timeout) {
+    if let Some(stale) = errors
+        .iter()
+        .find(|e| matches!(e, KvError::StaleRing { .. }))
+    {
+        stale.clone()
+    } else if errors.contains(&KvError::Timeout) {
         KvError::Timeout
     } else if errors.contains(&KvError::Overloaded) {
         KvError::Overloaded
@@ -206,10 +241,10 @@ pub async fn get(
         Err(e) => return answer(Err(e)),
     };
     let me = ctx.node_id.as_str();
-    let partition = ctx.ring.partition_of(&req.key);
-    let up: Vec<&str> = ctx
-        .ring
-        .preference_list(partition)
+    let placement = ctx.ring.load();
+    let partition = placement.ring.partition_of(&req.key);
+    let up: Vec<&str> = placement
+        .read_set(partition)
         .iter()
         .map(String::as_str)
         .filter(|n| ctx.peers.is_up(n))
@@ -225,7 +260,7 @@ pub async fn get(
     // Ask the first R replicas of the read order (this node first when it is one), keeping
     // the rest as spares for failed replies; a share of reads asks all N so replicas outside
     // the first R get repaired too.
-    let mut order = read_order(ctx.ring.members(), me, &up);
+    let mut order = read_order(placement.read_ring().members(), me, &up);
     let ask_all = rand::random::<f64>() < ctx.read_repair_chance;
     let first = if ask_all { order.len() } else { needed };
     let mut spares = order.split_off(first).into_iter();
@@ -322,6 +357,9 @@ pub async fn get(
                 tally.success()
             }
             Err(e) => {
+                if let KvError::StaleRing { epoch } = e {
+                    crate::membership::observed(node, epoch);
+                }
                 errors.push(e);
                 if let Some(spare) = spares.next() {
                     pending.push(read(spare));
@@ -358,6 +396,54 @@ pub async fn get(
                 tracing::debug!(%node, error = %e, "read repair failed");
             }
         }
+    }
+}
+
+/// Waits (at most a second) until this node adopted `epoch` or a later one.
+async fn caught_up(ctx: &NodeContext, epoch: u64) -> bool {
+    let mut changes = ctx.ring.subscribe();
+    tokio::time::timeout(Duration::from_secs(1), changes.wait_for(|e| *e >= epoch))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// [`get`], run once more under the newer placement when a replica answered that this node's
+/// ring is stale (a membership change committed meanwhile).
+pub async fn get_fenced(
+    ctx: Arc<NodeContext>,
+    req: GetRequest,
+    respond: impl FnOnce(Result<GetReply, KvError>) + Send + 'static,
+) {
+    let (retry_ctx, retry_req) = (ctx.clone(), req.clone());
+    get(ctx, req, move |r| match r {
+        // The first attempt goes on with its read repair; the retry runs beside it.
+        Err(KvError::StaleRing { epoch }) => {
+            tokio::spawn(async move {
+                if caught_up(&retry_ctx, epoch).await {
+                    get(retry_ctx, retry_req, respond).await;
+                } else {
+                    respond(Err(KvError::StaleRing { epoch }));
+                }
+            });
+        }
+        r => respond(r),
+    })
+    .await;
+}
+
+/// [`put`], run once more under the newer placement when a replica answered that this node's
+/// ring is stale. The retried write may be applied twice; both versions carry the same bytes
+/// and read back as one value.
+pub async fn put_fenced(
+    ctx: Arc<NodeContext>,
+    req: PutRequest,
+    forward: bool,
+) -> Result<PutReply, KvError> {
+    match put(ctx.clone(), req.clone(), forward).await {
+        Err(KvError::StaleRing { epoch }) if caught_up(&ctx, epoch).await => {
+            put(ctx, req, forward).await
+        }
+        r => r,
     }
 }
 
@@ -402,14 +488,24 @@ pub async fn put(
     }
     let _req = ctx.stats.start();
     let needed = ctx.required(req.w.unwrap_or(ctx.default_w))?;
-    let partition = ctx.ring.partition_of(&req.key);
-    let prefs = ctx.ring.preference_list(partition).to_vec();
-    let targets = write_targets(&ctx, partition);
-    if targets.len() < needed {
-        return Err(KvError::Unavailable {
-            needed,
-            got: targets.len(),
-        });
+    let placement = ctx.ring.load();
+    let partition = placement.ring.partition_of(&req.key);
+    // Versions are minted by a replica of the read set: it holds every acknowledged write.
+    let prefs = placement.read_set(partition).to_vec();
+    let targets = write_targets(&ctx, &placement, partition);
+    let sets: Vec<Vec<String>> = placement
+        .write_sets(partition)
+        .into_iter()
+        .map(<[String]>::to_vec)
+        .collect();
+    let reachable = |set: &Vec<String>| {
+        targets
+            .iter()
+            .filter(|(n, hint)| set.contains(hint.as_ref().unwrap_or(n)))
+            .count()
+    };
+    if let Some(short) = sets.iter().map(reachable).find(|&got| got < needed) {
+        return Err(KvError::Unavailable { needed, got: short });
     }
     let deadline = ctx.deadline(req.timeout_ms);
     if !prefs.contains(&ctx.node_id) {
@@ -455,7 +551,7 @@ pub async fn put(
     };
     let others: Vec<&(String, Option<String>)> =
         targets.iter().filter(|(n, _)| *n != ctx.node_id).collect();
-    let mut tally = Tally::new(needed, others.len() + 1);
+    let mut tally = SetTally::new(sets, needed);
     let key = req.key.into_vec();
     let local = async move {
         match durable_rx.await {
@@ -463,17 +559,21 @@ pub async fn put(
             Err(_) => Err(KvError::Storage("the local commit was lost".into())),
         }
     };
+    let me = ctx.node_id.clone();
     let mut pending: FuturesUnordered<_> = others
         .iter()
         .map(|(n, hint)| {
-            replicate(&ctx, n, partition, &key, &object, hint.as_deref(), deadline).boxed()
+            let stands_for = hint.clone().unwrap_or_else(|| n.clone());
+            replicate(&ctx, n, partition, &key, &object, hint.as_deref(), deadline)
+                .map(move |r| (stands_for, r))
+                .boxed()
         })
         .collect();
-    pending.push(local.boxed());
+    pending.push(local.map(move |r| (me, r)).boxed());
     let mut errors = Vec::new();
     // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
     loop {
-        let r = tokio::select! {
+        let (node, r) = tokio::select! {
             biased;
             next = pending.next() => match next {
                 Some(r) => r,
@@ -482,40 +582,44 @@ pub async fn put(
             () = &mut expired => break,
         };
         let verdict = match r {
-            Ok(()) => tally.success(),
+            Ok(()) => tally.record(&node, true),
             Err(e) => {
+                if let KvError::StaleRing { epoch } = e {
+                    crate::membership::observed(&node, epoch);
+                }
                 errors.push(e);
-                tally.failure()
+                tally.record(&node, false)
             }
         };
         match verdict {
-            Verdict::Met => return Ok(reply),
-            Verdict::Impossible => return Err(shortfall(needed, tally.successes(), &errors)),
-            Verdict::Pending => {}
+            SetVerdict::Met => return Ok(reply),
+            SetVerdict::Impossible => return Err(shortfall(needed, tally.successes(), &errors)),
+            SetVerdict::Pending => {}
         }
     }
     Err(KvError::Timeout)
 }
 
-/// Where a write of `partition` goes: every replica that is up, and with a sloppy quorum, for
-/// each one that is down, the next healthy node outside the preference list to keep a hint
-/// for it (at most one fallback per down replica, never a node already written to).
-fn write_targets(ctx: &NodeContext, partition: u32) -> Vec<(String, Option<String>)> {
-    let prefs = ctx.ring.preference_list(partition);
-    let mut targets: Vec<(String, Option<String>)> = prefs
+/// Where a write of `partition` goes: every node of every write set that is up, and with a
+/// sloppy quorum, for each one that is down, the next healthy node outside the write sets to
+/// keep a hint for it (at most one fallback per down replica, never a node already written to).
+fn write_targets(
+    ctx: &NodeContext,
+    placement: &Placement,
+    partition: u32,
+) -> Vec<(String, Option<String>)> {
+    let nodes = placement.write_nodes(partition);
+    let mut targets: Vec<(String, Option<String>)> = nodes
         .iter()
         .filter(|n| ctx.peers.is_up(n))
-        .map(|n| (n.clone(), None))
+        .map(|n| ((*n).clone(), None))
         .collect();
     if ctx.sloppy_quorum {
-        let mut fallbacks = ctx
-            .ring
-            .fallbacks(partition)
-            .iter()
-            .filter(|n| ctx.peers.is_up(n));
-        for down in prefs.iter().filter(|n| !ctx.peers.is_up(n)) {
+        let fallbacks = placement.fallbacks(partition);
+        let mut fallbacks = fallbacks.iter().filter(|n| ctx.peers.is_up(n));
+        for down in nodes.iter().filter(|n| !ctx.peers.is_up(n)) {
             match fallbacks.next() {
-                Some(f) => targets.push((f.clone(), Some(down.clone()))),
+                Some(f) => targets.push(((*f).clone(), Some((*down).clone()))),
                 None => break,
             }
         }

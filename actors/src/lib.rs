@@ -7,6 +7,7 @@ pub mod actors;
 pub mod anti_entropy;
 pub mod coordinator;
 pub mod core;
+pub mod membership;
 pub mod node;
 pub mod partition_table;
 pub mod peer_link;

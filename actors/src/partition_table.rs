@@ -1,7 +1,7 @@
 //! The node's registry of local partitions: which vnode actor serves each one, a read handle
 //! on its file, and its health. Shared by routers, the admin actor and the vnode supervisor.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ractor::ActorRef;
@@ -19,7 +19,8 @@ use crate::storage::vnode_store::{DigestPage, VnodeStore, is_old_tombstone};
 
 #[derive(Default)]
 struct Slot {
-    local: bool,
+    /// This node holds the partition in its current placement (changes as partitions move).
+    local: AtomicBool,
     live: RwLock<Live>,
     restarts: AtomicU32,
     queued: AtomicU64,
@@ -107,15 +108,31 @@ impl std::fmt::Debug for PartitionTable {
 impl PartitionTable {
     /// A table for `partitions` partitions, of which `local` are held by this node.
     pub fn new(partitions: u32, local: &[u32]) -> PartitionTable {
-        let mut slots: Vec<Slot> = (0..partitions).map(|_| Slot::default()).collect();
+        let slots: Vec<Slot> = (0..partitions).map(|_| Slot::default()).collect();
         for &p in local {
-            slots[p as usize].local = true;
+            slots[p as usize].local.store(true, Ordering::Relaxed);
         }
         PartitionTable { slots }
     }
 
     fn slot(&self, partition: u32) -> Option<&Slot> {
-        self.slots.get(partition as usize).filter(|s| s.local)
+        self.slots
+            .get(partition as usize)
+            .filter(|s| s.local.load(Ordering::Relaxed))
+    }
+
+    /// Marks `partition` held here (before its vnode starts) or not (after it stopped).
+    pub fn set_local(&self, partition: u32, local: bool) {
+        if let Some(s) = self.slots.get(partition as usize) {
+            s.local.store(local, Ordering::Relaxed);
+        }
+    }
+
+    /// The partitions held here, ascending.
+    pub fn local(&self) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&p| self.slot(p).is_some())
+            .collect()
     }
 
     /// Records a started vnode: reads and writes for its partition go to it from now on.
@@ -276,6 +293,43 @@ impl PartitionTable {
         Ok((merged.into_iter().collect(), more))
     }
 
+    /// The next chunk of `partition` for a replica streaming it in: pairs strictly after
+    /// `after`, in key order, the file's snapshot overlaid with the memtable, about
+    /// `max_keys` / `max_bytes`; the flag says whether more follow. Also the file's key count.
+    /// Blocks on file I/O.
+    #[allow(clippy::type_complexity)]
+    pub fn chunk_after(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool, u64), KvError> {
+        let ReadView { db, memtable, .. } = self.view(partition)?;
+        // The memtable first: a flush between the two reads then leaves keys in the file's
+        // snapshot rather than in neither.
+        let recent: Vec<(Vec<u8>, Arc<Stored>)> = memtable
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+            .collect();
+        let store = |e: crate::storage::vnode_store::StoreError| KvError::Storage(e.to_string());
+        let (stored, more) =
+            VnodeStore::objects_after(&db, after, max_keys, max_bytes).map_err(store)?;
+        let total = VnodeStore::key_count(&db).map_err(store)?;
+        let end = more
+            .then(|| stored.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        merged.extend(
+            recent
+                .into_iter()
+                .filter(|(k, _)| end.as_ref().is_none_or(|e| k <= e))
+                .map(|(k, s)| (k, s.encoded.clone())),
+        );
+        Ok((merged.into_iter().collect(), more, total))
+    }
+
     /// Up to `limit` tombstones of `partition` older than `older_than_ms`, with their digests:
     /// the memtable's, then the file's for keys the memtable does not hold. Blocks on file I/O.
     pub fn tombstones(
@@ -319,7 +373,7 @@ impl PartitionTable {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.local)
+            .filter(|(_, s)| s.local.load(Ordering::Relaxed))
             .map(|(p, s)| VnodeInfo {
                 partition: p as u32,
                 health: s.live.read().unwrap().health,

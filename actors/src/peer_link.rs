@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::membership::ring_cell::RingCell;
 use crate::peer_table::PeerTable;
 use crate::protocol::{
     KvError, ReadAsk, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire, WriteAsk,
@@ -116,7 +117,7 @@ async fn next_batch<J>(
 
 impl PeerLink {
     /// Starts the batching tasks from node `me` to `peer`.
-    pub fn start(me: &str, peer: &str, peers: Arc<PeerTable>) -> PeerLink {
+    pub fn start(me: &str, peer: &str, peers: Arc<PeerTable>, ring: Arc<RingCell>) -> PeerLink {
         let (reads, read_rx) = mpsc::unbounded_channel::<ReadJob>();
         let (writes, write_rx) = mpsc::unbounded_channel::<WriteJob>();
         let link = PeerLink {
@@ -129,24 +130,33 @@ impl PeerLink {
             me: me.to_string(),
             peer: peer.to_string(),
             table: peers,
+            ring,
         };
         asker.spawn(
             read_rx,
             &link.asked_reads,
             READS_IN_FLIGHT,
             |j| j.0.key.len() + 16,
-            |from, batch, reads| ReplicaMessage::ReadAsk(Wire::new(ReadAsk { from, batch, reads })),
+            |from, batch, reads, epoch| {
+                ReplicaMessage::ReadAsk(Wire::new(ReadAsk {
+                    from,
+                    batch,
+                    reads,
+                    epoch,
+                }))
+            },
         );
         asker.spawn(
             write_rx,
             &link.asked_writes,
             WRITES_IN_FLIGHT,
             |j| j.0.key.len() + j.0.object.len() + 32,
-            |from, batch, writes| {
+            |from, batch, writes, epoch| {
                 ReplicaMessage::WriteAsk(Wire::new(WriteAsk {
                     from,
                     batch,
                     writes,
+                    epoch,
                 }))
             },
         );
@@ -219,6 +229,8 @@ struct Asker {
     me: String,
     peer: String,
     table: Arc<PeerTable>,
+    /// Stamps each batch with the epoch current when it is sent.
+    ring: Arc<RingCell>,
 }
 
 impl Asker {
@@ -229,7 +241,7 @@ impl Asker {
         asked: &Asked<A>,
         in_flight: usize,
         size: fn(&Job<Q, A>) -> usize,
-        message: fn(String, u64, Vec<Q>) -> ReplicaMessage,
+        message: fn(String, u64, Vec<Q>, u64) -> ReplicaMessage,
     ) where
         Q: Send + 'static,
         A: Send + 'static,
@@ -262,7 +274,7 @@ impl Asker {
         id: u64,
         batch: Vec<Job<Q, A>>,
         permit: OwnedSemaphorePermit,
-        message: fn(String, u64, Vec<Q>) -> ReplicaMessage,
+        message: fn(String, u64, Vec<Q>, u64) -> ReplicaMessage,
     ) {
         let Some(replica) = self.table.replica(&self.peer) else {
             return fail(batch.into_iter().map(|j| j.2).collect(), unreachable);
@@ -289,7 +301,9 @@ impl Asker {
                 permit: Some(permit),
             },
         );
-        if replica.cast(message(self.me.clone(), id, items)).is_err()
+        if replica
+            .cast(message(self.me.clone(), id, items, self.ring.epoch()))
+            .is_err()
             && let Some(b) = lock(asked).remove(&id)
         {
             fail(b.replies, unreachable);

@@ -1,27 +1,29 @@
 //! What this node knows about every member: up or down (the failure detector's verdict), the
-//! ring each last reported, and how many requests this node has in flight to it.
+//! ring epoch and placement hash each last reported, and how many requests this node has in
+//! flight to it. Members are added as placements name them and removed once no live ring does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
 
 use crate::protocol::{MemberView, ReplicaMessage, replica_group};
-use crate::settings::Member;
 
+#[derive(Debug)]
 struct Peer {
     addr: String,
     up: AtomicBool,
     ring_hash: AtomicU64,
+    epoch: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 /// Shared per-member state; this node is always up in its own table.
 pub struct PeerTable {
     me: String,
-    my_ring_hash: u64,
     max_in_flight: usize,
-    peers: HashMap<String, Peer>,
+    peers: RwLock<HashMap<String, Arc<Peer>>>,
 }
 
 impl std::fmt::Debug for PeerTable {
@@ -32,36 +34,48 @@ impl std::fmt::Debug for PeerTable {
 
 /// A slot of a peer's in-flight budget, returned on drop.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a AtomicUsize);
+pub struct InFlight(Arc<Peer>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl PeerTable {
-    /// A table for `members`, seen from `me`; peers start down until they answer.
-    pub fn new(me: &str, my_ring_hash: u64, members: &[Member], max_in_flight: usize) -> PeerTable {
-        let peers = members
-            .iter()
-            .map(|m| {
-                (
-                    m.id.clone(),
-                    Peer {
-                        addr: m.addr.to_string(),
-                        up: AtomicBool::new(m.id == me),
-                        ring_hash: AtomicU64::new(if m.id == me { my_ring_hash } else { 0 }),
-                        in_flight: AtomicUsize::new(0),
-                    },
-                )
-            })
-            .collect();
-        PeerTable {
+    /// A table seen from `me`, with `members` (id, address); peers start down until they answer.
+    pub fn new(me: &str, members: &[(String, String)], max_in_flight: usize) -> PeerTable {
+        let table = PeerTable {
             me: me.to_string(),
-            my_ring_hash,
             max_in_flight,
-            peers,
+            peers: RwLock::default(),
+        };
+        table.set_members(members);
+        table
+    }
+
+    fn peer(&self, node: &str) -> Option<Arc<Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    /// Makes the table hold exactly `members`: new ones start down, kept ones keep their state.
+    pub fn set_members(&self, members: &[(String, String)]) {
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|id, _| members.iter().any(|(m, _)| m == id));
+        for (id, addr) in members {
+            peers.entry(id.clone()).or_insert_with(|| {
+                Arc::new(Peer {
+                    addr: addr.clone(),
+                    up: AtomicBool::new(*id == self.me),
+                    ring_hash: AtomicU64::new(0),
+                    epoch: AtomicU64::new(0),
+                    in_flight: AtomicUsize::new(0),
+                })
+            });
         }
     }
 
@@ -69,30 +83,47 @@ impl PeerTable {
     pub fn is_up(&self, node: &str) -> bool {
         node == self.me
             || self
-                .peers
-                .get(node)
+                .peer(node)
                 .is_some_and(|p| p.up.load(Ordering::Relaxed))
     }
 
     /// Records the detector's verdict; returns true when it changed.
     pub fn set_up(&self, node: &str, up: bool) -> bool {
-        self.peers
-            .get(node)
+        self.peer(node)
             .filter(|_| node != self.me)
             .is_some_and(|p| p.up.swap(up, Ordering::Relaxed) != up)
     }
 
-    /// Records the ring hash `node` reported.
-    pub fn set_ring_hash(&self, node: &str, hash: u64) {
-        if let Some(p) = self.peers.get(node) {
+    /// Records the epoch and placement hash `node` reported.
+    pub fn set_ring(&self, node: &str, epoch: u64, hash: u64) {
+        if let Some(p) = self.peer(node) {
             p.ring_hash.store(hash, Ordering::Relaxed);
+            p.epoch.store(epoch, Ordering::Relaxed);
         }
     }
 
-    /// True when every member is up and reported this node's ring.
-    pub fn ring_agreed(&self) -> bool {
-        self.peers.iter().all(|(id, p)| {
-            self.is_up(id) && p.ring_hash.load(Ordering::Relaxed) == self.my_ring_hash
+    /// The epoch `node` last reported (0 before it answered).
+    pub fn epoch_of(&self, node: &str) -> u64 {
+        self.peer(node)
+            .map_or(0, |p| p.epoch.load(Ordering::Relaxed))
+    }
+
+    /// True when every member is up and reported the placement hash `mine`.
+    pub fn ring_agreed(&self, mine: u64) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.iter().all(|(id, p)| {
+            *id == self.me || (self.is_up(id) && p.ring_hash.load(Ordering::Relaxed) == mine)
+        })
+    }
+
+    /// True when every other member that is up reported at least `epoch` (down members are
+    /// fenced by the epoch in every replica message when they return).
+    pub fn all_up_reached(&self, epoch: u64) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.iter().all(|(id, p)| {
+            *id == self.me
+                || !p.up.load(Ordering::Relaxed)
+                || p.epoch.load(Ordering::Relaxed) >= epoch
         })
     }
 
@@ -105,25 +136,26 @@ impl PeerTable {
     }
 
     /// Takes one slot of `node`'s in-flight budget, or `None` when it is exhausted.
-    pub fn acquire(&self, node: &str) -> Option<InFlight<'_>> {
-        let p = self.peers.get(node)?;
+    pub fn acquire(&self, node: &str) -> Option<InFlight> {
+        let p = self.peer(node)?;
         if p.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
             p.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        Some(InFlight(&p.in_flight))
+        Some(InFlight(p))
     }
 
     /// Every member as this node sees it, in id order.
     pub fn view(&self) -> Vec<MemberView> {
-        let mut v: Vec<MemberView> = self
-            .peers
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<MemberView> = peers
             .iter()
             .map(|(id, p)| MemberView {
                 id: id.clone(),
                 addr: p.addr.clone(),
                 up: self.is_up(id),
                 ring_hash: Some(p.ring_hash.load(Ordering::Relaxed)).filter(|&h| h != 0),
+                epoch: p.epoch.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -132,13 +164,14 @@ impl PeerTable {
 
     /// Ids of every other member.
     pub fn others(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .peers
-            .keys()
-            .filter(|id| **id != self.me)
-            .cloned()
-            .collect();
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = peers.keys().filter(|id| **id != self.me).cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// The address of `node`, when it is a member.
+    pub fn addr_of(&self, node: &str) -> Option<String> {
+        self.peer(node).map(|p| p.addr.clone())
     }
 }

@@ -28,7 +28,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reaps eligible tombstones of `partition` when this node is its first replica (one reaper
 /// per partition); returns how many keys were removed on every replica.
 pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u64, KvError> {
-    let prefs = ctx.ring.preference_list(partition).to_vec();
+    let placement = ctx.ring.load();
+    // A moving partition keeps its tombstones: a replica streaming in may not have them yet.
+    if placement.is_moving(partition) {
+        return Ok(0);
+    }
+    let prefs = placement.ring.preference_list(partition).to_vec();
     if prefs.first() != Some(&ctx.node_id) {
         return Ok(0);
     }

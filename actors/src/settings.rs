@@ -32,8 +32,15 @@ pub struct RestartBudget {
 pub struct NodeSettings {
     /// This node's id.
     pub node_id: String,
-    /// All members, this node included.
+    /// The members the configuration lists: they seed the placement on a node's first start
+    /// (a node that joins later fetches it from `join` instead).
     pub members: Vec<Member>,
+    /// Address this node listens on and peers dial.
+    pub addr: SocketAddr,
+    /// A member to join the cluster through, for a node that is not in the placement yet.
+    pub join: Option<SocketAddr>,
+    /// How ownership transfers run: throttle, concurrency, chunk sizes.
+    pub transfer: crate::membership::transfer::TransferSettings,
     /// Shared secret peers and clients authenticate with.
     pub cookie: String,
     /// Ring size Q.
@@ -116,15 +123,5 @@ impl Default for RepairSettings {
             aae_keys_per_sec: 20_000,
             tombstone_grace: Duration::from_secs(3600),
         }
-    }
-}
-
-impl NodeSettings {
-    /// This node's member entry.
-    pub fn me(&self) -> &Member {
-        self.members
-            .iter()
-            .find(|m| m.id == self.node_id)
-            .expect("validated: node id is a member")
     }
 }

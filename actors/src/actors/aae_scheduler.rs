@@ -19,7 +19,6 @@ pub struct AaeScheduler;
 /// The scheduler's state.
 pub struct AaeSchedulerState {
     ctx: Arc<NodeContext>,
-    partitions: Vec<u32>,
     next: usize,
     busy: bool,
 }
@@ -52,15 +51,18 @@ impl Actor for AaeScheduler {
         myself: ActorRef<AaeSchedulerMessage>,
         ctx: Arc<NodeContext>,
     ) -> Result<AaeSchedulerState, ActorProcessingErr> {
-        let partitions = ctx.ring.partitions_of(&ctx.node_id);
         let interval = ctx.repair.aae_interval;
-        if !interval.is_zero() && !partitions.is_empty() {
-            let every = (interval / partitions.len() as u32).max(Duration::from_millis(10));
+        // Paced for the share of partitions a node holds when balanced, whatever it holds now.
+        let placement = ctx.ring.load();
+        let share = (placement.partitions() as usize * placement.replicas())
+            .div_ceil(placement.ring.members().len().max(1))
+            .max(1);
+        if !interval.is_zero() {
+            let every = (interval / share as u32).max(Duration::from_millis(10));
             myself.send_interval(every, || AaeSchedulerMessage::Tick);
         }
         Ok(AaeSchedulerState {
             ctx,
-            partitions,
             next: 0,
             busy: false,
         })
@@ -74,7 +76,11 @@ impl Actor for AaeScheduler {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AaeSchedulerMessage::Tick if !state.busy => {
-                let partition = state.partitions[state.next % state.partitions.len()];
+                let partitions = state.ctx.ring.load().ring.partitions_of(&state.ctx.node_id);
+                if partitions.is_empty() {
+                    return Ok(());
+                }
+                let partition = partitions[state.next % partitions.len()];
                 state.next += 1;
                 let partners = anti_entropy::partners(&state.ctx, partition);
                 state.busy = true;

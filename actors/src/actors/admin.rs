@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::vnode::VnodeMessage;
 use crate::anti_entropy;
 use crate::coordinator::NodeContext;
+use crate::membership::actor::{MembershipMessage, NAME};
 use crate::protocol::{
     AaePartition, AaeView, AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth,
     Wire,
@@ -23,10 +27,6 @@ pub struct AdminArgs {
     pub ctx: Arc<NodeContext>,
     /// `sync` or `buffered`.
     pub durability: String,
-    /// This node's ring version.
-    pub ring_version: u64,
-    /// Hash of this node's ring.
-    pub ring_hash: u64,
 }
 
 impl Actor for Admin {
@@ -51,14 +51,16 @@ impl Actor for Admin {
         let ctx = &state.ctx;
         match message {
             AdminMessage::Status(_, reply) => {
+                let placement = ctx.ring.load();
                 let _ = reply.send(Wire::new(NodeStatus {
                     node: ctx.node_id.clone(),
-                    partitions: ctx.ring.partitions(),
+                    partitions: placement.partitions(),
                     vnodes: ctx.table.report(),
                     durability: state.durability.clone(),
-                    ring_version: state.ring_version,
-                    ring_hash: state.ring_hash,
-                    ring_agreed: ctx.peers.ring_agreed(),
+                    ring_version: placement.epoch,
+                    ring_hash: placement.hash(),
+                    ring_agreed: ctx.peers.ring_agreed(placement.hash()),
+                    stage: placement.stage.to_string(),
                     hints_waiting: ctx.hints.len().unwrap_or(0),
                     hints_delivered: ctx
                         .hints_delivered
@@ -68,8 +70,8 @@ impl Actor for Admin {
             }
             AdminMessage::Aae(_, reply) => {
                 let partitions = ctx
-                    .ring
-                    .partitions_of(&ctx.node_id)
+                    .table
+                    .local()
                     .into_iter()
                     .map(|p| AaePartition {
                         root: ctx.table.tree(p).map(|t| t.root()),
@@ -93,15 +95,52 @@ impl Actor for Admin {
                 let _ = reply.send(Wire::new(ctx.peers.view()));
             }
             AdminMessage::Ring(_, reply) => {
-                let ring = &ctx.ring;
+                let placement = ctx.ring.load();
+                let ring = &placement.ring;
                 let _ = reply.send(Wire::new(RingView {
-                    version: state.ring_version,
+                    version: placement.epoch,
+                    stage: placement.stage.to_string(),
+                    members: placement.members.clone(),
+                    read_lists: (0..ring.partitions())
+                        .map(|p| placement.read_set(p).to_vec())
+                        .collect(),
                     partitions: ring.partitions(),
                     replicas: ring.replicas(),
                     preference_lists: (0..ring.partitions())
                         .map(|p| ring.preference_list(p).to_vec())
                         .collect(),
                 }));
+            }
+            AdminMessage::Membership(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(KvError::BadRequest(e.to_string()))));
+                }
+                Ok((req, forwarded)) => {
+                    let Some(cell) = ractor::registry::where_is(NAME) else {
+                        let _ = reply.send(Wire::new(Err(KvError::Membership(
+                            "membership is not running on this node".into(),
+                        ))));
+                        return Ok(());
+                    };
+                    let membership = ActorRef::<MembershipMessage>::from(cell);
+                    // A commit waits for votes: off this mailbox.
+                    tokio::spawn(async move {
+                        let r = match membership
+                            .call(
+                                |port| MembershipMessage::Request(req, forwarded, port),
+                                Some(Duration::from_secs(60)),
+                            )
+                            .await
+                        {
+                            Ok(CallResult::Success(r)) => r,
+                            _ => Err(KvError::Timeout),
+                        };
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+            AdminMessage::Transfers(_, reply) => {
+                let _ = reply.send(Wire::new(ctx.transfer_board.lines()));
             }
             AdminMessage::Stats(_, reply) => {
                 let (ops_per_sec, p99_ms) = ctx.stats.summary();

@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, RactorMessage};
 
+use crate::membership::{self, ring_cell::RingCell};
 use crate::peer_table::PeerTable;
 use crate::protocol::{Heartbeat, ReplicaMessage, Wire};
 
@@ -25,15 +26,19 @@ use crate::protocol::{Heartbeat, ReplicaMessage, Wire};
 pub enum ClusterMessage {
     /// Time to probe every peer and re-dial the unconnected ones.
     Tick,
-    /// A heartbeat finished: the peer answered (with its ring hash) or not.
+    /// A heartbeat finished: the peer answered (with its epoch and placement hash) or not.
     Probed {
         /// The peer.
         node: String,
-        /// Its ring hash when it answered.
-        answer: Option<u64>,
+        /// Its epoch and placement hash when it answered.
+        answer: Option<(u64, u64)>,
     },
     /// A session to a peer closed.
     SessionClosed(String),
+    /// The members changed: link to exactly these peers (id, address).
+    Peers(Vec<(String, SocketAddr)>),
+    /// Dial this address whatever the ids (a joining node's first member).
+    DialSeed(SocketAddr),
     /// A dial attempt finished.
     Dialed {
         /// The peer.
@@ -63,8 +68,8 @@ pub struct ClusterArgs {
     pub heartbeat: Duration,
     /// Consecutive misses before a peer is marked down.
     pub missed_beats: u32,
-    /// This node's ring version and hash, sent with every heartbeat.
-    pub ring: (u64, u64),
+    /// This node's placement, whose epoch and hash every heartbeat carries.
+    pub ring: Arc<RingCell>,
 }
 
 struct PeerLink {
@@ -119,6 +124,17 @@ async fn connect_from(
     }
     let stream = socket.connect(addr).await?;
     crate::transport::open(server, stream, false)
+}
+
+fn new_link(addr: SocketAddr) -> PeerLink {
+    PeerLink {
+        addr,
+        misses: 0,
+        probing: false,
+        dialing: false,
+        next_dial: Instant::now(),
+        backoff: MIN_BACKOFF,
+    }
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -215,10 +231,11 @@ impl ClusterState {
             return;
         };
         link.probing = true;
+        let placement = self.args.ring.load();
         let beat = Heartbeat {
             from: self.args.node_id.clone(),
-            ring_version: self.args.ring.0,
-            ring_hash: self.args.ring.1,
+            ring_version: placement.epoch,
+            ring_hash: placement.hash(),
         };
         let (timeout, me, node) = (self.args.heartbeat, myself.clone(), node.to_string());
         tokio::spawn(async move {
@@ -229,7 +246,7 @@ impl ClusterState {
                 )
                 .await
             {
-                Ok(CallResult::Success(Wire(Ok(b)))) => Some(b.ring_hash),
+                Ok(CallResult::Success(Wire(Ok(b)))) => Some((b.ring_version, b.ring_hash)),
                 _ => None,
             };
             let _ = me.cast(ClusterMessage::Probed { node, answer });
@@ -254,19 +271,7 @@ impl Actor for Cluster {
         let links = args
             .peers
             .iter()
-            .map(|(id, addr)| {
-                (
-                    id.clone(),
-                    PeerLink {
-                        addr: *addr,
-                        misses: 0,
-                        probing: false,
-                        dialing: false,
-                        next_dial: Instant::now(),
-                        backoff: MIN_BACKOFF,
-                    },
-                )
-            })
+            .map(|(id, addr)| (id.clone(), new_link(*addr)))
             .collect();
         myself.send_interval(args.heartbeat, || ClusterMessage::Tick);
         let mut state = ClusterState {
@@ -307,11 +312,14 @@ impl Actor for Cluster {
                 };
                 link.probing = false;
                 match answer {
-                    Some(hash) => {
+                    Some((epoch, hash)) => {
                         link.misses = 0;
-                        state.args.table.set_ring_hash(&node, hash);
-                        if hash != state.args.ring.1 {
-                            tracing::error!(peer = %node, "peer reports a different ring; check that every node runs the same configuration");
+                        state.args.table.set_ring(&node, epoch, hash);
+                        let mine = state.args.ring.load();
+                        if epoch > mine.epoch {
+                            membership::observed(&node, epoch);
+                        } else if epoch == mine.epoch && hash != mine.hash() {
+                            tracing::error!(peer = %node, epoch, "peer holds a different placement at this epoch");
                         }
                         if state.args.table.set_up(&node, true) {
                             tracing::info!(peer = %node, "peer up");
@@ -332,6 +340,35 @@ impl Actor for Cluster {
                     state.mark_down(&node, "session closed", false);
                     state.dial(&myself, &node);
                 }
+            }
+            ClusterMessage::Peers(peers) => {
+                state
+                    .links
+                    .retain(|id, _| peers.iter().any(|(p, _)| p == id));
+                for (id, addr) in peers {
+                    if id == state.args.node_id {
+                        continue;
+                    }
+                    let link = state
+                        .links
+                        .entry(id.clone())
+                        .or_insert_with(|| new_link(addr));
+                    link.addr = addr;
+                    state.dial(&myself, &id);
+                }
+            }
+            ClusterMessage::DialSeed(addr) => {
+                let (server, local_ip) = (state.args.server.clone(), state.args.local_ip);
+                tokio::spawn(async move {
+                    let dialed = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        connect_from(&server, local_ip, addr),
+                    )
+                    .await;
+                    if !matches!(dialed, Ok(Ok(()))) {
+                        tracing::warn!(%addr, "could not dial the member to join through");
+                    }
+                });
             }
             ClusterMessage::Dialed { node, ok } => {
                 if let Some(link) = state.links.get_mut(&node) {

@@ -21,7 +21,10 @@ use crate::actors::vnode_supervisor::{
     VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage,
 };
 use crate::coordinator::NodeContext;
+use crate::core::placement::{MemberAddr, Placement};
 use crate::core::ring::Ring;
+use crate::membership::actor::{Membership, MembershipArgs, MembershipMessage, NAME as MEMBERSHIP};
+use crate::membership::ring_cell::RingCell;
 use crate::partition_table::PartitionTable;
 use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
@@ -33,28 +36,6 @@ use crate::storage::dot_sequence::DotSequence;
 use crate::storage::hint_store::HintStore;
 use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
-
-/// Static membership: the ring never changes while a node runs, so its version is fixed. It
-/// names the claim algorithm too (2: first places spread evenly), so nodes computing
-/// preference lists differently do not report agreement.
-const RING_VERSION: u64 = 2;
-
-/// A hash of everything the ring is computed from; nodes compare it to agree on the ring.
-fn ring_hash(settings: &NodeSettings) -> u64 {
-    let mut members: Vec<String> = settings
-        .members
-        .iter()
-        .map(|m| format!("{}={}", m.id, m.addr))
-        .collect();
-    members.sort();
-    let text = format!(
-        "{RING_VERSION}|{}|{}|{}",
-        settings.partitions,
-        settings.replicas,
-        members.join(",")
-    );
-    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
-}
 
 /// Messages the node supervisor accepts (local only).
 #[derive(RactorMessage)]
@@ -84,6 +65,7 @@ pub struct NodeSupervisorState {
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
+    membership: ActorRef<MembershipMessage>,
     handoff: ActorRef<HandoffMessage>,
     aae: ActorRef<AaeSchedulerMessage>,
     stopping: bool,
@@ -115,12 +97,48 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<NodeSupervisorMessage>,
         settings: NodeSettings,
     ) -> Result<NodeSupervisorState, ActorProcessingErr> {
+        std::fs::create_dir_all(&settings.node_dir)?;
         let ids: Vec<String> = settings.members.iter().map(|m| m.id.clone()).collect();
-        let ring = Arc::new(Ring::new(&ids, settings.partitions, settings.replicas)?);
-        let local = ring.partitions_of(&settings.node_id);
+        let seed_ring = Ring::new(&ids, settings.partitions, settings.replicas)?;
+        let seed_members: Vec<MemberAddr> = settings
+            .members
+            .iter()
+            .map(|m| MemberAddr {
+                id: m.id.clone(),
+                addr: m.addr.to_string(),
+            })
+            .collect();
+        let joining = settings.join.is_some();
+        // The configuration seeds the placement once; after that the node's own copy rules. A
+        // node that joins seeds epoch 0 (outranked by any committed placement) and holds nothing
+        // until a placement names it.
+        let ring = Arc::new(RingCell::open(&settings.node_dir, || {
+            let mut p = Placement::seed(seed_members, seed_ring);
+            if joining {
+                p.epoch = 0;
+            }
+            p
+        })?);
+        let placement = ring.load();
+        if placement.partitions() != settings.partitions
+            || placement.replicas() != settings.replicas
+        {
+            return Err(format!(
+                "this node's data was made with partitions = {} and replicas = {}; the configuration says {} and {}",
+                placement.partitions(),
+                placement.replicas(),
+                settings.partitions,
+                settings.replicas
+            )
+            .into());
+        }
+        let local = if placement.epoch == 0 {
+            Vec::new()
+        } else {
+            placement.hosted_by(&settings.node_id)
+        };
         let table = Arc::new(PartitionTable::new(settings.partitions, &local));
 
-        std::fs::create_dir_all(&settings.node_dir)?;
         let dots = Arc::new(DotSequence::open(&settings.node_dir.join("dot-sequence"))?);
         let incarnation = Arc::new(Incarnation::start(&settings.node_dir.join("incarnation"))?);
         let log_dir = settings.node_dir.join("commitlog");
@@ -147,7 +165,11 @@ impl Actor for NodeSupervisor {
             node_dir: settings.node_dir.clone(),
             partitions: local.clone(),
             cache_bytes: settings.vnode_cache_bytes,
-            object_cache_bytes: settings.object_cache_bytes / local.len().max(1),
+            // Shared out over the partitions a balanced member holds, however many it holds now.
+            object_cache_bytes: settings.object_cache_bytes
+                / (settings.partitions as usize * settings.replicas)
+                    .div_ceil(placement.ring.members().len().max(1))
+                    .max(1),
             log: log.clone(),
             dots,
             durability: settings.durability,
@@ -180,11 +202,14 @@ impl Actor for NodeSupervisor {
             4 << 20,
             settings.conflict,
         )?);
-        let ring_hash = ring_hash(&settings);
+        let members: Vec<(String, String)> = placement
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), m.addr.clone()))
+            .collect();
         let peers = Arc::new(PeerTable::new(
             &settings.node_id,
-            ring_hash,
-            &settings.members,
+            &members,
             settings.max_in_flight_per_peer,
         ));
         let ctx = Arc::new(NodeContext {
@@ -207,21 +232,17 @@ impl Actor for NodeSupervisor {
             repair: settings.repair,
             aae: Default::default(),
             reap_agreements: Default::default(),
-            links: settings
-                .members
-                .iter()
-                .filter(|m| m.id != settings.node_id)
-                .map(|m| {
-                    let link = PeerLink::start(&settings.node_id, &m.id, peers.clone());
-                    (m.id.clone(), link)
-                })
-                .collect(),
+            links: Default::default(),
+            transfer: settings.transfer,
+            transfer_outbound: Default::default(),
+            transfer_board: Default::default(),
         });
-        let replica_args = ReplicaArgs {
-            ctx: ctx.clone(),
-            ring_version: RING_VERSION,
-            ring_hash,
-        };
+        for (id, _) in members.iter().filter(|(id, _)| *id != settings.node_id) {
+            ctx.links.ensure(id, || {
+                PeerLink::start(&settings.node_id, id, peers.clone(), ring.clone())
+            });
+        }
+        let replica_args = ReplicaArgs { ctx: ctx.clone() };
         let (replica, _) =
             Actor::spawn_linked(None, Replica, replica_args, myself.get_cell()).await?;
         ractor::pg::join(replica_group(&settings.node_id), vec![replica.get_cell()]);
@@ -231,8 +252,6 @@ impl Actor for NodeSupervisor {
                 LogDurability::Sync => "sync".into(),
                 LogDurability::Buffered(_) => "buffered".into(),
             },
-            ring_version: RING_VERSION,
-            ring_hash,
         };
         let (admin, _) = Actor::spawn_linked(None, Admin, admin_args, myself.get_cell()).await?;
         let handoff_args = HandoffArgs {
@@ -247,41 +266,53 @@ impl Actor for NodeSupervisor {
             Actor::spawn_linked(None, AaeScheduler, ctx.clone(), myself.get_cell()).await?;
         ractor::pg::join(admin_group(&settings.node_id), vec![admin.get_cell()]);
 
-        let me = settings.me().clone();
+        let me_addr = settings.addr;
         // The member address is accepted on here, not by the node server, so that sessions
         // read through a buffer (see `transport`); the server's own listener takes an unused
         // ephemeral port.
-        let listener = tokio::net::TcpListener::bind(me.addr)
+        let listener = tokio::net::TcpListener::bind(me_addr)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", me.addr))?;
+            .map_err(|e| format!("cannot listen on {}: {e}", me_addr))?;
         let server = NodeServer::new(
             0,
             settings.cookie.clone(),
             settings.node_id.clone(),
-            me.addr.ip().to_string(),
+            me_addr.ip().to_string(),
             None,
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(me.addr.ip());
+        .with_listen_addr(me_addr.ip());
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         let accept = Some(crate::transport::accept(listener, server.clone()));
         let cluster_args = ClusterArgs {
             node_id: settings.node_id.clone(),
-            local_ip: me.addr.ip(),
-            peers: settings
-                .members
+            local_ip: me_addr.ip(),
+            peers: members
                 .iter()
-                .filter(|m| m.id != settings.node_id)
-                .map(|m| (m.id.clone(), m.addr))
+                .filter(|(id, _)| *id != settings.node_id)
+                .filter_map(|(id, a)| a.parse().ok().map(|a| (id.clone(), a)))
                 .collect(),
             server: server.clone(),
             table: peers,
             heartbeat: settings.heartbeat,
             missed_beats: settings.missed_heartbeats,
-            ring: (RING_VERSION, ring_hash),
+            ring: ring.clone(),
         };
         let (cluster, _) =
             Actor::spawn_linked(None, Cluster, cluster_args, myself.get_cell()).await?;
+        let membership_args = MembershipArgs {
+            ctx: ctx.clone(),
+            vnodes: vnodes.clone(),
+            cluster: cluster.clone(),
+            join: settings.join,
+        };
+        let (membership, _) = Actor::spawn_linked(
+            Some(MEMBERSHIP.to_string()),
+            Membership,
+            membership_args,
+            myself.get_cell(),
+        )
+        .await?;
 
         let mut state = NodeSupervisorState {
             settings,
@@ -296,6 +327,7 @@ impl Actor for NodeSupervisor {
             admin,
             replica,
             cluster,
+            membership,
             handoff,
             aae,
             stopping: false,
@@ -305,7 +337,7 @@ impl Actor for NodeSupervisor {
         }
         tracing::info!(
             node = %state.settings.node_id,
-            addr = %me.addr,
+            addr = %me_addr,
             vnodes = local.len(),
             "node ready"
         );
@@ -329,6 +361,7 @@ impl Actor for NodeSupervisor {
                 state.stopping = true;
                 tracing::info!("shutting down");
                 state.accept = None;
+                state.membership.stop(None);
                 state.cluster.stop(None);
                 state.handoff.stop(None);
                 state.aae.stop(None);

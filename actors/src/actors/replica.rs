@@ -10,6 +10,7 @@ use serde_bytes::ByteBuf;
 
 use crate::anti_entropy;
 use crate::coordinator::{self, NodeContext};
+use crate::membership::{self, transfer};
 use crate::partition_table::PeerCopy;
 use crate::protocol::{
     Heartbeat, KvError, ReadAnswer, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire,
@@ -27,10 +28,6 @@ pub struct Replica;
 pub struct ReplicaArgs {
     /// The node's coordination context.
     pub ctx: Arc<NodeContext>,
-    /// This node's ring version.
-    pub ring_version: u64,
-    /// Hash of this node's ring.
-    pub ring_hash: u64,
 }
 
 fn malformed(what: &str, e: impl std::fmt::Display) -> KvError {
@@ -60,18 +57,25 @@ impl Actor for Replica {
         let ctx = state.ctx.clone();
         match message {
             ReplicaMessage::Heartbeat(Wire(beat), reply) => {
+                let placement = ctx.ring.load();
                 if let Ok(b) = beat {
-                    ctx.peers.set_ring_hash(&b.from, b.ring_hash);
+                    ctx.peers.set_ring(&b.from, b.ring_version, b.ring_hash);
+                    if b.ring_version > placement.epoch {
+                        membership::observed(&b.from, b.ring_version);
+                    }
                 }
                 let _ = reply.send(Wire::new(Heartbeat {
                     from: ctx.node_id.clone(),
-                    ring_version: state.ring_version,
-                    ring_hash: state.ring_hash,
+                    ring_version: placement.epoch,
+                    ring_hash: placement.hash(),
                 }));
             }
             ReplicaMessage::ReadAsk(Wire(req)) => match req {
                 Ok(ask) => {
-                    let results = ask.reads.iter().map(|r| read_local(&ctx, r)).collect();
+                    let results = match stale(&ctx, &ask.from, ask.epoch) {
+                        Some(e) => vec![Err(e); ask.reads.len()],
+                        None => ask.reads.iter().map(|r| read_local(&ctx, r)).collect(),
+                    };
                     let answer = ReadAnswer {
                         from: ctx.node_id.clone(),
                         batch: ask.batch,
@@ -97,6 +101,19 @@ impl Actor for Replica {
             ReplicaMessage::WriteAsk(Wire(req)) => match req {
                 // Merges wait for the vnodes' durable commits: never block this mailbox.
                 Ok(ask) => {
+                    if let Some(e) = stale(&ctx, &ask.from, ask.epoch) {
+                        let answer = WriteAnswer {
+                            from: ctx.node_id.clone(),
+                            batch: ask.batch,
+                            results: vec![Err(e); ask.writes.len()],
+                        };
+                        answer_to(
+                            &ctx,
+                            &ask.from,
+                            ReplicaMessage::WriteAnswer(Wire::new(answer)),
+                        );
+                        return Ok(());
+                    }
                     tokio::spawn(async move {
                         let deadline = std::time::Instant::now() + ctx.default_timeout;
                         let results = apply_writes(&ctx, ask.writes, deadline).await;
@@ -159,13 +176,51 @@ impl Actor for Replica {
                     });
                 }
             },
+            ReplicaMessage::FetchPlacement(_, reply) => {
+                let _ = reply.send(Wire::new((*ctx.ring.load()).clone()));
+            }
+            ReplicaMessage::StorePlacement(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("store placement", e))));
+                }
+                Ok(p) => {
+                    tokio::spawn(async move {
+                        let cell = ctx.ring.clone();
+                        let r = tokio::task::spawn_blocking(move || cell.store_proposal(&p))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r)
+                            .map_err(KvError::Membership);
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+            ReplicaMessage::AdoptPlacement(Wire(req)) => match req {
+                Ok(p) => membership::adopt(p),
+                Err(e) => drop(malformed("adopt placement", e)),
+            },
+            ReplicaMessage::TransferChunk(Wire(req), reply) => match req {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(malformed("transfer chunk", e))));
+                }
+                Ok(req) => {
+                    tokio::spawn(async move {
+                        let r = transfer::answer_chunk(&ctx, req).await;
+                        let _ = reply.send(Wire::new(r));
+                    });
+                }
+            },
+            ReplicaMessage::TransferDone(Wire(req)) => match req {
+                Ok(r) => membership::transfer_done(r),
+                Err(e) => drop(malformed("transfer done", e)),
+            },
             ReplicaMessage::Coordinate(Wire(req), reply) => match req {
                 Err(e) => {
                     let _ = reply.send(Wire::new(Err(malformed("coordinate", e))));
                 }
                 Ok(put) => {
                     tokio::spawn(async move {
-                        let r = coordinator::put(ctx, put, false).await;
+                        let r = coordinator::put_fenced(ctx, put, false).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }
@@ -173,6 +228,17 @@ impl Actor for Replica {
         }
         Ok(())
     }
+}
+
+/// The error a replica message from `from` at `epoch` gets when this node is at a newer
+/// epoch: the coordinator routed it under a placement that may no longer hold. An epoch of 0
+/// (an asker that sends none) is never refused. When the asker is newer, this node catches up.
+fn stale(ctx: &NodeContext, from: &str, epoch: u64) -> Option<KvError> {
+    let mine = ctx.ring.epoch();
+    if epoch > mine {
+        membership::observed(from, epoch);
+    }
+    (epoch != 0 && epoch < mine).then_some(KvError::StaleRing { epoch: mine })
 }
 
 /// Casts an answer back to the asking node. An asker that cannot be reached lets its batch

@@ -50,7 +50,7 @@ impl Actor for Router {
                         let _ = reply.send(Wire::new(result));
                     } else {
                         let ctx = ctx.clone();
-                        tokio::spawn(coordinator::get(ctx, req, move |r| {
+                        tokio::spawn(coordinator::get_fenced(ctx, req, move |r| {
                             let _ = reply.send(Wire::new(r));
                         }));
                     }
@@ -63,7 +63,7 @@ impl Actor for Router {
                 Ok(req) => {
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let r = coordinator::put(ctx, req, true).await;
+                        let r = coordinator::put_fenced(ctx, req, true).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }
@@ -82,14 +82,15 @@ fn bad_frame(what: &str, e: impl std::fmt::Display) -> KvError {
 /// of cached pages takes microseconds, less than handing it to a task.
 fn local_read(ctx: &NodeContext, req: &GetRequest) -> Option<Result<GetReply, KvError>> {
     let level = req.r.unwrap_or(ctx.default_r);
-    if level.required(ctx.ring.replicas()) != Some(1) {
+    let placement = ctx.ring.load();
+    if level.required(placement.replicas()) != Some(1) {
         return None;
     }
     if let Err(e) = ctx.limits.check_key(&req.key) {
         return Some(Err(e));
     }
-    let partition = ctx.ring.partition_of(&req.key);
-    if !ctx.ring.is_replica(partition, &ctx.node_id) {
+    let partition = placement.ring.partition_of(&req.key);
+    if !placement.read_set(partition).contains(&ctx.node_id) {
         return None;
     }
     let started = std::time::Instant::now();

@@ -31,6 +31,14 @@ pub enum VnodeSupervisorMessage {
         /// Whether every local vnode checkpointed.
         ok: bool,
     },
+    /// Run vnodes for exactly these partitions: start the missing ones, checkpoint, stop and
+    /// move aside the files of the others (released by the placement of `epoch`).
+    Host {
+        /// Partitions this node holds in its current placement.
+        partitions: Vec<u32>,
+        /// That placement's epoch, stamped on released files.
+        epoch: u64,
+    },
 }
 
 /// The vnode supervisor actor.
@@ -43,7 +51,7 @@ pub struct VnodeSupervisorArgs {
     pub node_id: String,
     /// Folder holding `vnode-<p>.redb` files.
     pub node_dir: PathBuf,
-    /// Partitions this node holds.
+    /// Partitions this node holds at start.
     pub partitions: Vec<u32>,
     /// Page cache per vnode file.
     pub cache_bytes: usize,
@@ -178,6 +186,49 @@ impl VnodeSupervisorState {
         }
     }
 
+    /// Starts vnodes for `partitions` not yet held; stops the held ones not listed, after a
+    /// checkpoint, and moves their files aside as `vnode-<p>.redb.released-<epoch>`.
+    async fn host(
+        &mut self,
+        myself: &ActorRef<VnodeSupervisorMessage>,
+        partitions: &[u32],
+        epoch: u64,
+    ) {
+        let held = self.args.table.local();
+        for &p in partitions.iter().filter(|p| !held.contains(p)) {
+            self.args.table.set_local(p, true);
+            if self.start(myself, p, None, false).await {
+                tracing::info!(
+                    partition = p,
+                    epoch,
+                    "vnode started for a partition moving here"
+                );
+            }
+        }
+        for p in held.into_iter().filter(|p| !partitions.contains(p)) {
+            let vnode = self.args.table.vnode(p);
+            self.args.table.withdraw(p, VnodeHealth::Starting);
+            self.args.table.set_local(p, false);
+            if let Some(v) = vnode {
+                let _ = v
+                    .call(VnodeMessage::Flush, Some(Duration::from_secs(30)))
+                    .await;
+                self.by_actor.remove(&v.get_id());
+                v.stop(Some("partition released".into()));
+            }
+            let path = vnode_path(&self.args.node_dir, p);
+            let aside = path.with_extension(format!("redb.released-{epoch}"));
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => {
+                    tracing::info!(partition = p, epoch, moved_to = %aside.display(), "partition released")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot move a released vnode file aside")
+                }
+            }
+        }
+    }
+
     /// Counts a restart and says whether the budget still allows it.
     fn within_budget(&mut self, partition: u32) -> bool {
         let budget = self.args.budget;
@@ -196,7 +247,7 @@ impl VnodeSupervisorState {
     fn start_checkpoint(&mut self, myself: &ActorRef<VnodeSupervisorMessage>, segment: u64) {
         self.checkpointing = true;
         let vnodes = self.args.table.serving();
-        let complete = vnodes.len() == self.args.partitions.len();
+        let complete = vnodes.len() == self.args.table.local().len();
         let me = myself.clone();
         tokio::spawn(async move {
             let mut ok = complete;
@@ -257,6 +308,9 @@ impl Actor for VnodeSupervisor {
                 } else {
                     state.start_checkpoint(&myself, id);
                 }
+            }
+            VnodeSupervisorMessage::Host { partitions, epoch } => {
+                state.host(&myself, &partitions, epoch).await;
             }
             VnodeSupervisorMessage::CheckpointDone { segment, ok } => {
                 state.checkpointing = false;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 
 use crate::core::codec::{DecodeError, decode_wire, encode_wire};
+use crate::core::placement::{MemberAddr, Placement};
 use crate::core::quorum::Consistency;
 use crate::core::version::CausalContext;
 
@@ -89,6 +90,15 @@ pub enum KvError {
     /// No member of the cluster could be reached.
     #[error("not connected: {0}")]
     NotConnected(String),
+    /// The replica is at a newer ring epoch than the asking coordinator: refresh and retry.
+    #[error("stale ring: the replica is at epoch {epoch}")]
+    StaleRing {
+        /// The replica's epoch.
+        epoch: u64,
+    },
+    /// A membership change was refused; the text says why and what to do.
+    #[error("membership: {0}")]
+    Membership(String),
 }
 
 /// An opaque causal context as clients see it: a format byte and the encoded context.
@@ -234,9 +244,9 @@ pub struct ReplicaWrite {
 pub struct Heartbeat {
     /// Sender's node id.
     pub from: String,
-    /// Sender's ring version.
+    /// Sender's ring epoch.
     pub ring_version: u64,
-    /// Hash of the sender's ring (members, Q, N).
+    /// Hash of the sender's placement at that epoch.
     pub ring_hash: u64,
 }
 
@@ -249,6 +259,9 @@ pub struct ReadAsk {
     pub batch: u64,
     /// The reads, answered in order.
     pub reads: Vec<ReplicaRead>,
+    /// The asker's ring epoch: a replica at a newer one answers [`KvError::StaleRing`].
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Answers to a [`ReadAsk`], in order.
@@ -272,6 +285,9 @@ pub struct WriteAsk {
     pub batch: u64,
     /// The merges, answered in order.
     pub writes: Vec<ReplicaWrite>,
+    /// The asker's ring epoch: a replica at a newer one answers [`KvError::StaleRing`].
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Answers to a [`WriteAsk`], in order.
@@ -325,6 +341,22 @@ pub enum ReplicaMessage {
     /// Remove tombstones that every replica holds; each only if its digest still matches.
     #[rpc]
     Reap(Wire<ReapRequest>, RpcReplyPort<Wire<Result<u64, KvError>>>),
+    /// This node's current (committed) placement.
+    #[rpc]
+    FetchPlacement(Wire<PingRequest>, RpcReplyPort<Wire<Placement>>),
+    /// Store a claimant's proposed placement durably; answered once stored (a vote).
+    #[rpc]
+    StorePlacement(Wire<Placement>, RpcReplyPort<Wire<Result<(), KvError>>>),
+    /// A placement a majority stored: adopt it.
+    AdoptPlacement(Wire<Placement>),
+    /// The next chunk of a partition for a replica streaming it in.
+    #[rpc]
+    TransferChunk(
+        Wire<ChunkRequest>,
+        RpcReplyPort<Wire<Result<TransferChunk, KvError>>>,
+    ),
+    /// A target finished streaming a partition in (sent to the claimant).
+    TransferDone(Wire<TransferReport>),
 }
 
 /// Asks how many hints a node keeps for a partition.
@@ -444,6 +476,12 @@ pub enum VnodeHealth {
     Failed,
 }
 
+pub mod membership;
+pub use membership::{
+    ChunkRequest, MembershipRequest, MembershipView, MoveView, TransferChunk, TransferReport,
+    TransferView,
+};
+
 /// One node's status, for `ringkv console` and tests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -461,6 +499,9 @@ pub struct NodeStatus {
     pub ring_hash: u64,
     /// True when every member is up and reports the same ring.
     pub ring_agreed: bool,
+    /// Stage of the membership change in progress at this node's epoch.
+    #[serde(default)]
+    pub stage: String,
     /// Hints this node keeps for down replicas, waiting to be handed back.
     #[serde(default)]
     pub hints_waiting: u64,
@@ -483,18 +524,30 @@ pub struct MemberView {
     pub up: bool,
     /// The ring hash it last reported (this node's own for itself).
     pub ring_hash: Option<u64>,
+    /// The ring epoch it last reported (0 before it answered).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The ring as a node sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RingView {
-    /// Ring version.
+    /// Ring epoch.
     pub version: u64,
+    /// Stage of the membership change in progress (`stable` when none).
+    #[serde(default)]
+    pub stage: String,
+    /// Every member of either live ring, with its address.
+    #[serde(default)]
+    pub members: Vec<MemberAddr>,
+    /// Per partition, the replicas reads ask (and writes are coordinated by), in order.
+    #[serde(default)]
+    pub read_lists: Vec<Vec<String>>,
     /// Ring size Q.
     pub partitions: u32,
     /// Replication factor N.
     pub replicas: usize,
-    /// Preference list of each partition, in partition order.
+    /// Preference list of each partition in the target ring, in partition order.
     pub preference_lists: Vec<Vec<String>>,
 }
 
@@ -563,6 +616,15 @@ pub enum AdminMessage {
     /// Exchange every local partition with its replicas now; answered when done.
     #[rpc]
     AaeRun(Wire<PingRequest>, RpcReplyPort<Wire<AaeRound>>),
+    /// A membership command: staged changes, plan, commit (answered by the claimant).
+    #[rpc]
+    Membership(
+        Wire<(MembershipRequest, bool)>,
+        RpcReplyPort<Wire<Result<MembershipView, KvError>>>,
+    ),
+    /// The ownership transfers this node streams in.
+    #[rpc]
+    Transfers(Wire<PingRequest>, RpcReplyPort<Wire<Vec<TransferView>>>),
 }
 
 /// The pg group holding a node's router actors.

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::core::codec::decode_object;
 use crate::core::version::Object;
@@ -154,6 +156,41 @@ impl VnodeStore {
             out.push((k.value().to_vec(), digest));
         }
         Ok((out, false))
+    }
+
+    /// Up to `max_keys` pairs (and about `max_bytes` of them) strictly after `after`, in key
+    /// order, as stored (encoded objects); the flag says whether more keys follow.
+    pub fn objects_after(
+        db: &Database,
+        after: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<(EncodedPairs, bool), StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        let range = match after {
+            Some(a) => {
+                table.range::<&[u8]>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => table.iter(),
+        };
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for entry in range.map_err(|e| err("iter", e))? {
+            if out.len() >= max_keys.max(1) || bytes >= max_bytes {
+                return Ok((out, true));
+            }
+            let (k, v) = entry.map_err(|e| err("iter", e))?;
+            bytes += k.value().len() + v.value().len();
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok((out, false))
+    }
+
+    /// Number of keys in the file's latest snapshot.
+    pub fn key_count(db: &Database) -> Result<u64, StoreError> {
+        let txn = db.begin_read().map_err(|e| err("begin read", e))?;
+        let table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+        table.len().map_err(|e| err("len", e))
     }
 
     /// Reads many keys from one snapshot (the vnode's lookups before applying a batch).
