@@ -23,6 +23,7 @@ use serde_bytes::ByteBuf;
 pub use ringkv_actors::protocol::KvError;
 
 mod admin;
+mod membership;
 mod options;
 mod suspects;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ringkv_actors::core::limits::Limits;
 use ringkv_actors::core::quorum::Consistency;
 use ringkv_actors::core::version::ConflictPolicy;
+use ringkv_actors::membership::transfer::TransferSettings;
 use ringkv_actors::settings::{Member, NodeSettings, RepairSettings, RestartBudget};
 use ringkv_actors::storage::commit_log::LogDurability;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,37 @@ pub struct ClusterConfig {
     /// Hinted handoff, anti-entropy and tombstone reaping.
     #[serde(default)]
     pub repair: RepairSection,
+    /// Runtime membership changes: ownership handoff throttle and limits.
+    #[serde(default)]
+    pub membership: MembershipSection,
+}
+
+/// `[membership]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSection {
+    /// Most MB per second one ownership transfer receives (0 = unthrottled).
+    pub handoff_mb_per_sec: u64,
+    /// Partitions one node streams in at once.
+    pub max_inbound_per_node: usize,
+    /// Partitions one node serves to new replicas at once.
+    pub max_outbound_per_node: usize,
+    /// Most keys per handoff chunk.
+    pub chunk_keys: u32,
+    /// Most KiB per handoff chunk.
+    pub chunk_kb: u32,
+}
+
+impl Default for MembershipSection {
+    fn default() -> Self {
+        MembershipSection {
+            handoff_mb_per_sec: 50,
+            max_inbound_per_node: 2,
+            max_outbound_per_node: 2,
+            chunk_keys: 512,
+            chunk_kb: 256,
+        }
+    }
 }
 
 /// `[repair]`.
@@ -402,12 +434,7 @@ impl ClusterConfig {
         let mut seen_ids = std::collections::HashSet::new();
         let mut seen_addrs = std::collections::HashSet::new();
         for m in &self.members {
-            if m.id.is_empty()
-                || !m
-                    .id
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
+            if !valid_id(&m.id) {
                 return Err(bad(format!(
                     "member id '{}' is invalid: use letters, digits, '-' and '_'",
                     m.id
@@ -461,6 +488,18 @@ impl ClusterConfig {
         if self.conflicts.max_siblings == 0 {
             return Err(bad("conflicts.max_siblings must be at least 1"));
         }
+        let m = &self.membership;
+        if m.max_inbound_per_node == 0 || m.max_outbound_per_node == 0 {
+            return Err(bad(
+                "membership.max_inbound_per_node and max_outbound_per_node must be at least 1",
+            ));
+        }
+        if !(1..=4096).contains(&m.chunk_keys) || !(1..=4096).contains(&m.chunk_kb) {
+            return Err(bad(format!(
+                "membership.chunk_keys ({}) and chunk_kb ({}) must be between 1 and 4096",
+                m.chunk_keys, m.chunk_kb
+            )));
+        }
         Ok(())
     }
 
@@ -477,13 +516,40 @@ impl ClusterConfig {
 
     /// The settings node `node_id` runs with; checks the id and the data folder.
     pub fn node_settings(&self, node_id: &str) -> Result<NodeSettings, ConfigError> {
-        if !self.members.iter().any(|m| m.id == node_id) {
-            let ids: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
+        self.node_settings_for(node_id, None, None)
+    }
+
+    /// Like [`ClusterConfig::node_settings`] for a node that may not be listed: `addr` is the
+    /// address it listens on (else its `[[members]]` entry's), `join` a member to join through.
+    pub fn node_settings_for(
+        &self,
+        node_id: &str,
+        addr: Option<SocketAddr>,
+        join: Option<SocketAddr>,
+    ) -> Result<NodeSettings, ConfigError> {
+        let listed = self.member_addrs().into_iter().find(|m| m.id == node_id);
+        let addr = match (addr, &listed) {
+            (Some(a), _) => a,
+            (None, Some(m)) => m.addr,
+            (None, None) => {
+                let ids: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
+                return Err(bad(format!(
+                    "unknown node id '{node_id}': members are {} (a node joining a running cluster needs --addr and --join)",
+                    ids.join(", ")
+                )));
+            }
+        };
+        if !valid_id(node_id) {
             return Err(bad(format!(
-                "unknown node id '{node_id}': members are {}",
-                ids.join(", ")
+                "node id '{node_id}' is invalid: use letters, digits, '-' and '_'"
             )));
         }
+        if listed.is_none() && join.is_none() {
+            return Err(bad(format!(
+                "node '{node_id}' is not in [[members]]: start it with --join ADDR of a running member"
+            )));
+        }
+        let m = &self.membership;
         let node_dir = self.cluster.data_dir.join(node_id);
         check_writable(&node_dir)?;
         let (default_r, default_w) = self.consistency.levels(self.cluster.replicas)?;
@@ -491,6 +557,15 @@ impl ClusterConfig {
         Ok(NodeSettings {
             node_id: node_id.to_string(),
             members: self.member_addrs(),
+            addr,
+            join,
+            transfer: TransferSettings {
+                bytes_per_sec: m.handoff_mb_per_sec * 1_000_000,
+                max_inbound: m.max_inbound_per_node,
+                max_outbound: m.max_outbound_per_node,
+                chunk_keys: m.chunk_keys,
+                chunk_bytes: m.chunk_kb * 1024,
+            },
             cookie: self.cluster.cookie.clone(),
             partitions: self.cluster.partitions,
             replicas: self.cluster.replicas,
@@ -547,6 +622,14 @@ impl ClusterConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("configuration serializes")
     }
+}
+
+/// Node ids are letters, digits, '-' and '_' (they name process groups and dot authors).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, ConfigError> {

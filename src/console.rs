@@ -6,6 +6,7 @@
 //! 2 any error (one `error: ...` line on stderr).
 
 mod aae;
+pub mod membership;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub enum Command {
     Put(String, String),
     /// Delete a key.
     Delete(String),
+    /// A membership command: join, leave, replace, plan, commit, clear, transfers.
+    Change(membership::ChangeCmd),
     /// List the commands.
     Help,
     /// Leave the interactive console.
@@ -47,7 +50,7 @@ pub enum Command {
 }
 
 #[rustfmt::skip]
-const HELP: [(&str, &str); 11] = [
+const HELP: [(&str, &str); 18] = [
     ("status", "each member: answers?, ring hash, ring agreement, durability, vnodes"),
     ("members", "every reachable node's up/down verdict on each member"),
     ("ring", "partition -> preference list, and vnodes per node"),
@@ -57,6 +60,13 @@ const HELP: [(&str, &str); 11] = [
     ("get KEY", "print every value of KEY (exit code 1 when absent)"),
     ("put KEY VALUE", "write VALUE (the rest of the line, spaces allowed) under KEY"),
     ("delete KEY", "delete KEY"),
+    ("join ID ADDR", "stage adding node ID at ADDR (started with `ringkv node --join`)"),
+    ("leave ID", "stage removing node ID once it handed its partitions off"),
+    ("replace OLD NEW ADDR", "stage handing every partition of OLD to NEW at ADDR"),
+    ("plan", "what the staged changes move: partitions, keys, bytes, time"),
+    ("commit [--plan HASH]", "commit the staged changes (refused if the plan changed)"),
+    ("clear", "drop the staged changes"),
+    ("transfers", "each moving partition: from, to, keys, bytes, rate, ETA, stalls"),
     ("help", "this list"),
     ("quit", "leave the console (also `exit` or Ctrl-D)"),
 ];
@@ -87,6 +97,7 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             "run" => Ok(Command::AaeRun),
             _ => Err("usage: aae [run]".into()),
         },
+        w if membership::WORDS.contains(&w) => membership::parse(line).map(Command::Change),
         "help" => bare(Command::Help),
         "quit" | "exit" => bare(Command::Quit),
         "get" => key("get KEY").map(Command::Get),
@@ -233,6 +244,13 @@ async fn execute(client: &Client, cmd: &Command, json: bool) -> Result<Reply, St
             Ok(Reply { out, code })
         }
         Command::Put(key, value) => written(client.put(key, value).await, json),
+        Command::Change(cmd) => {
+            let mut cmd = cmd.clone();
+            if json {
+                membership::set_json(&mut cmd);
+            }
+            membership::execute(client, &cmd).await.and_then(ok)
+        }
         Command::Delete(key) => written(client.delete(key).await, json),
         Command::Help if json => {
             let list: Vec<Value> = HELP
@@ -241,7 +259,7 @@ async fn execute(client: &Client, cmd: &Command, json: bool) -> Result<Reply, St
                 .collect();
             ok(json!({ "commands": list }))
         }
-        Command::Help => ok(HELP.map(|(u, a)| format!("  {u:<14} {a}")).join("\n")),
+        Command::Help => ok(HELP.map(|(u, a)| format!("  {u:<22} {a}")).join("\n")),
         Command::Quit => Err("`quit` only ends the interactive console".into()),
     }
 }

@@ -39,9 +39,16 @@ struct Cli {
 enum Cmd {
     /// Run one node in the foreground.
     Node {
-        /// Id of the member to run (from the configuration's [[members]]).
+        /// Id of the node to run (a [[members]] entry, or a new id with --addr and --join).
         #[arg(long)]
         node: String,
+        /// Address to listen on (default: the node's [[members]] entry).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// A running member to join through: the node fetches the current ring from it and
+        /// holds no data until a committed `join` names it.
+        #[arg(long)]
+        join: Option<std::net::SocketAddr>,
     },
     /// Start, inspect or stop a local multi-process cluster.
     Cluster {
@@ -175,6 +182,23 @@ enum ClusterCmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Start one more node on the next free port, join it and wait until it holds its share.
+    Add {
+        /// Data folder of the launched cluster.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Hand a launched node's partitions and hints off, then stop it.
+    Remove {
+        /// The node to remove.
+        id: String,
+        /// Data folder of the launched cluster.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Stage a membership change, show the plan, commit it, or follow its transfers.
+    #[command(flatten)]
+    Change(ringkv::console::membership::ChangeCmd),
 }
 
 fn init_tracing(default: &str) {
@@ -194,12 +218,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Node { node } = &cli.command {
+    if let Cmd::Node { node, addr, join } = &cli.command {
         init_tracing("info,ractor_cluster=error,ractor=warn");
         // The node's settings come first: they choose how many worker threads its runtime gets.
-        let (settings, workers) = match ClusterConfig::load(&cli.config)
-            .and_then(|c| Ok((c.node_settings(node)?, c.node.worker_threads)))
-        {
+        let (settings, workers) = match ClusterConfig::load(&cli.config).and_then(|c| {
+            Ok((
+                c.node_settings_for(node, *addr, *join)?,
+                c.node.worker_threads,
+            ))
+        }) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
@@ -243,7 +270,7 @@ async fn run_command(cli: Cli) -> ExitCode {
 }
 
 async fn run_node(node: &str, settings: ringkv_actors::settings::NodeSettings) -> ExitCode {
-    let addr = settings.me().addr;
+    let addr = settings.addr;
     let mut running = match Node::start(settings).await {
         Ok(n) => n,
         Err(e) => return fail(e),
@@ -306,7 +333,14 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 }
                 Ok(nodes) => {
                     for n in nodes {
-                        println!("{:<8} {:<22} pid {:<8} {}", n.id, n.addr, n.pid, n.status);
+                        let ring = match (n.epoch, &n.stage) {
+                            (Some(e), Some(s)) => format!("epoch {e} {s}"),
+                            _ => "-".into(),
+                        };
+                        println!(
+                            "{:<8} {:<22} pid {:<8} {:<13} {ring}",
+                            n.id, n.addr, n.pid, n.status
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -319,6 +353,22 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        ClusterCmd::Add { data_dir } => {
+            match launcher::add(&default_data_dir(config, data_dir)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        ClusterCmd::Remove { id, data_dir } => {
+            match launcher::remove(&default_data_dir(config, data_dir), &id).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        ClusterCmd::Change(cmd) => match connect(config).await {
+            Ok(client) => ringkv::console::membership::run_cli(&client, cmd).await,
+            Err(e) => fail(e),
+        },
     }
 }
 

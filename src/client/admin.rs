@@ -15,7 +15,7 @@ use super::{Client, KvError};
 
 impl Client {
     /// The admin actor of `node`, when connected; otherwise re-dials it in the background.
-    fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
+    pub(crate) fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
         match ractor::pg::get_members(&admin_group(node))
             .into_iter()
             .next()
@@ -30,7 +30,7 @@ impl Client {
         }
     }
 
-    async fn admin_call<T, F>(&self, node: &str, msg: F) -> Result<T, KvError>
+    pub(crate) async fn admin_call<T, F>(&self, node: &str, msg: F) -> Result<T, KvError>
     where
         T: Send + 'static,
         F: FnOnce(RpcReplyPort<Wire<T>>) -> AdminMessage,

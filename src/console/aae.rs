@@ -210,6 +210,9 @@ mod tests {
             partitions: 2,
             replicas: 2,
             preference_lists: preference_lists.to_vec(),
+            stage: "stable".into(),
+            members: Vec::new(),
+            read_lists: preference_lists.to_vec(),
         }
     }
 

@@ -300,7 +300,10 @@ mod tests {
             version,
             partitions,
             replicas,
+            read_lists: preference_lists.clone(),
             preference_lists,
+            stage: "stable".into(),
+            members: Vec::new(),
         };
         let members = ["a", "b", "c"].map(String::from);
         let counts = [("a", 1), ("b", 2), ("c", 0), ("x", 1)].map(|(id, n)| (id.to_string(), n));

@@ -1,4 +1,5 @@
-//! The local multi-process cluster launcher: `ringkv cluster up | status | down`.
+//! The local multi-process cluster launcher: `ringkv cluster up | status | down`, and
+//! `add | remove` of one node while the cluster serves ([`resize`]).
 //!
 //! `up` writes the effective configuration to `DIR/cluster.toml`, starts one `ringkv node`
 //! process per member, records their pids in `DIR/launcher.json`, and waits until every node
@@ -12,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+mod resize;
+
+pub use resize::{add, remove};
 
 use crate::client::{Client, ClientConfig};
 use crate::config::{ClusterConfig, MemberConfig};
@@ -55,6 +60,14 @@ pub struct LauncherState {
     pub config: PathBuf,
     /// The nodes it started.
     pub nodes: Vec<LaunchedNode>,
+}
+
+fn write_state(dir: &Path, state: &LauncherState) -> Result<(), String> {
+    std::fs::write(
+        state_path(dir),
+        serde_json::to_string_pretty(state).expect("state serializes"),
+    )
+    .map_err(|e| format!("cannot write launcher state: {e}"))
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -174,7 +187,7 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
     let mut launched = Vec::new();
     for m in &cfg.members {
         let log = dir.join(&m.id).join("node.log");
-        match spawn_node(&exe, &config_path, &m.id, &log, opts.detach) {
+        match spawn_node(&exe, &config_path, &m.id, &log, opts.detach, &[]) {
             Ok(child) => {
                 launched.push(LaunchedNode {
                     id: m.id.clone(),
@@ -198,11 +211,7 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         config: config_path.clone(),
         nodes: launched.clone(),
     };
-    std::fs::write(
-        state_path(&dir),
-        serde_json::to_string_pretty(&state).unwrap(),
-    )
-    .map_err(|e| format!("cannot write launcher state: {e}"))?;
+    write_state(&dir, &state)?;
 
     if let Err(e) = wait_ready(&cfg, &mut children, &launched).await {
         stop_pids(
@@ -258,6 +267,7 @@ fn spawn_node(
     id: &str,
     log: &Path,
     detach: bool,
+    extra: &[String],
 ) -> std::io::Result<Child> {
     std::fs::create_dir_all(log.parent().unwrap())?;
     let mut cmd = Command::new(exe);
@@ -265,7 +275,8 @@ fn spawn_node(
         .arg(config)
         .arg("node")
         .arg("--node")
-        .arg(id);
+        .arg(id)
+        .args(extra);
     cmd.stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,ractor_cluster=error,ractor=warn");
@@ -433,6 +444,10 @@ pub struct NodeReport {
     pub pid: u32,
     /// `up` (answers), `unresponsive` (process alive, no answer) or `down` (no process).
     pub status: String,
+    /// The ring epoch the node is at, when it answered.
+    pub epoch: Option<u64>,
+    /// Stage of the membership change at that epoch.
+    pub stage: Option<String>,
 }
 
 /// `ringkv cluster status`.
@@ -440,28 +455,43 @@ pub async fn status(dir: &Path) -> Result<Vec<NodeReport>, String> {
     let state = read_state(dir)?;
     let mut client = None;
     if let Ok(mut cc) = ClientConfig::from_file(&state.config) {
+        add_launched(&mut cc, &state);
         cc.connect_timeout = Duration::from_millis(1000);
         cc.timeout = Duration::from_millis(1000);
         client = Client::connect(cc).await.ok();
     }
     let mut out = Vec::new();
     for n in &state.nodes {
-        let status = if !pid_alive(n.pid) {
-            "down"
-        } else {
-            match &client {
-                Some(c) if c.ping(Some(&n.id)).await.is_ok() => "up",
-                _ => "unresponsive",
-            }
+        let answer = match &client {
+            Some(c) if pid_alive(n.pid) => c.node_status(&n.id).await.ok(),
+            _ => None,
+        };
+        let status = match (&answer, pid_alive(n.pid)) {
+            (_, false) => "down",
+            (Some(_), true) => "up",
+            (None, true) => "unresponsive",
         };
         out.push(NodeReport {
             id: n.id.clone(),
             addr: n.addr.clone(),
             pid: n.pid,
             status: status.into(),
+            epoch: answer.as_ref().map(|s| s.ring_version),
+            stage: answer.map(|s| s.stage),
         });
     }
     Ok(out)
+}
+
+/// Adds the launched nodes the configuration does not list (added since `up`) to `cc`.
+fn add_launched(cc: &mut ClientConfig, state: &LauncherState) {
+    for n in &state.nodes {
+        if !cc.members.iter().any(|(id, _)| *id == n.id)
+            && let Ok(addr) = n.addr.parse()
+        {
+            cc.members.push((n.id.clone(), addr));
+        }
+    }
 }
 
 /// `ringkv cluster down`: stops every launched node (SIGTERM, then SIGKILL after 30 s).
