@@ -61,7 +61,7 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MembershipSection {
     /// Most MB per second one ownership transfer receives (0 = unthrottled).
-    pub handoff_mb_per_sec: u64,
+    pub handoff_mb_per_sec: f64,
     /// Partitions one node streams in at once.
     pub max_inbound_per_node: usize,
     /// Partitions one node serves to new replicas at once.
@@ -75,7 +75,7 @@ pub struct MembershipSection {
 impl Default for MembershipSection {
     fn default() -> Self {
         MembershipSection {
-            handoff_mb_per_sec: 50,
+            handoff_mb_per_sec: 50.0,
             max_inbound_per_node: 2,
             max_outbound_per_node: 2,
             chunk_keys: 512,
@@ -489,6 +489,12 @@ impl ClusterConfig {
             return Err(bad("conflicts.max_siblings must be at least 1"));
         }
         let m = &self.membership;
+        if !(m.handoff_mb_per_sec >= 0.0 && m.handoff_mb_per_sec.is_finite()) {
+            return Err(bad(format!(
+                "membership.handoff_mb_per_sec must be 0 (unthrottled) or a positive number, got {}",
+                m.handoff_mb_per_sec
+            )));
+        }
         if m.max_inbound_per_node == 0 || m.max_outbound_per_node == 0 {
             return Err(bad(
                 "membership.max_inbound_per_node and max_outbound_per_node must be at least 1",
@@ -560,7 +566,7 @@ impl ClusterConfig {
             addr,
             join,
             transfer: TransferSettings {
-                bytes_per_sec: m.handoff_mb_per_sec * 1_000_000,
+                bytes_per_sec: (m.handoff_mb_per_sec * 1e6) as u64,
                 max_inbound: m.max_inbound_per_node,
                 max_outbound: m.max_outbound_per_node,
                 chunk_keys: m.chunk_keys,

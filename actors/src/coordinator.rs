@@ -431,22 +431,6 @@ pub async fn get_fenced(
     .await;
 }
 
-/// [`put`], run once more under the newer placement when a replica answered that this node's
-/// ring is stale. The retried write may be applied twice; both versions carry the same bytes
-/// and read back as one value.
-pub async fn put_fenced(
-    ctx: Arc<NodeContext>,
-    req: PutRequest,
-    forward: bool,
-) -> Result<PutReply, KvError> {
-    match put(ctx.clone(), req.clone(), forward).await {
-        Err(KvError::StaleRing { epoch }) if caught_up(&ctx, epoch).await => {
-            put(ctx, req, forward).await
-        }
-        r => r,
-    }
-}
-
 /// The client's view of a merged object: distinct live values and a context covering all.
 pub fn reply_of(merged: &Object) -> GetReply {
     reply_with(merged, encode_context(&merged.read_context()))
@@ -549,55 +533,83 @@ pub async fn put(
     let reply = PutReply {
         context: ByteBuf::from(encode_context(&context)),
     };
-    let others: Vec<&(String, Option<String>)> =
-        targets.iter().filter(|(n, _)| *n != ctx.node_id).collect();
-    let mut tally = SetTally::new(sets, needed);
     let key = req.key.into_vec();
+    // Shared, so a second round of replication (after a stale-ring answer) still learns when
+    // the local commit is durable.
     let local = async move {
         match durable_rx.await {
             Ok(r) => r,
             Err(_) => Err(KvError::Storage("the local commit was lost".into())),
         }
-    };
+    }
+    .boxed()
+    .shared();
     let me = ctx.node_id.clone();
-    let mut pending: FuturesUnordered<_> = others
-        .iter()
-        .map(|(n, hint)| {
-            let stands_for = hint.clone().unwrap_or_else(|| n.clone());
-            replicate(&ctx, n, partition, &key, &object, hint.as_deref(), deadline)
-                .map(move |r| (stands_for, r))
-                .boxed()
-        })
-        .collect();
-    pending.push(local.map(move |r| (me, r)).boxed());
+    let (mut sets, mut targets) = (sets, targets);
     let mut errors = Vec::new();
-    // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
-    loop {
-        let (node, r) = tokio::select! {
-            biased;
-            next = pending.next() => match next {
-                Some(r) => r,
-                None => break,
-            },
-            () = &mut expired => break,
-        };
-        let verdict = match r {
-            Ok(()) => tally.record(&node, true),
-            Err(e) => {
-                if let KvError::StaleRing { epoch } = e {
-                    crate::membership::observed(&node, epoch);
+    // The version is minted once. A replica at a newer epoch refuses it with StaleRing; then
+    // the same object is replicated once more under the newer placement, never minted again
+    // (a second mint would be a second version with the same bytes, which a reader may
+    // supersede only half of).
+    for round in 0..2 {
+        let mut tally = SetTally::new(sets.clone(), needed);
+        let mut pending: FuturesUnordered<_> = targets
+            .iter()
+            .filter(|(n, _)| *n != me)
+            .map(|(n, hint)| {
+                let stands_for = hint.clone().unwrap_or_else(|| n.clone());
+                replicate(&ctx, n, partition, &key, &object, hint.as_deref(), deadline)
+                    .map(move |r| (stands_for, r))
+                    .boxed()
+            })
+            .collect();
+        let local = local.clone();
+        let mine = me.clone();
+        pending.push(async move { (mine, local.await) }.boxed());
+        let mut stale = None;
+        // Returning at the quorum drops the waits, not the writes: each was sent on first poll.
+        loop {
+            let (node, r) = tokio::select! {
+                biased;
+                next = pending.next() => match next {
+                    Some(r) => r,
+                    None => break,
+                },
+                () = &mut expired => return Err(KvError::Timeout),
+            };
+            let verdict = match r {
+                Ok(()) => tally.record(&node, true),
+                Err(e) => {
+                    if let KvError::StaleRing { epoch } = e {
+                        crate::membership::observed(&node, epoch);
+                        stale = Some(epoch);
+                    }
+                    errors.push(e);
+                    tally.record(&node, false)
                 }
-                errors.push(e);
-                tally.record(&node, false)
+            };
+            match verdict {
+                SetVerdict::Met => return Ok(reply),
+                SetVerdict::Impossible => break,
+                SetVerdict::Pending => {}
             }
-        };
-        match verdict {
-            SetVerdict::Met => return Ok(reply),
-            SetVerdict::Impossible => return Err(shortfall(needed, tally.successes(), &errors)),
-            SetVerdict::Pending => {}
+        }
+        drop(pending);
+        match stale {
+            Some(epoch) if round == 0 && caught_up(&ctx, epoch).await => {
+                let placement = ctx.ring.load();
+                sets = placement
+                    .write_sets(partition)
+                    .into_iter()
+                    .map(<[String]>::to_vec)
+                    .collect();
+                targets = write_targets(&ctx, &placement, partition);
+                errors.clear();
+            }
+            _ => return Err(shortfall(needed, tally.successes(), &errors)),
         }
     }
-    Err(KvError::Timeout)
+    Err(shortfall(needed, 0, &errors))
 }
 
 /// Where a write of `partition` goes: every node of every write set that is up, and with a

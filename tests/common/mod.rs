@@ -121,6 +121,8 @@ pub struct TestCluster {
     children: Vec<Option<Child>>,
     env: Vec<(String, String)>,
     block: Option<LoopbackBlock>,
+    /// Per node, arguments after `--node ID` (`--addr`, `--join` for nodes added later).
+    args: Vec<Vec<String>>,
 }
 
 impl TestCluster {
@@ -186,6 +188,7 @@ impl TestCluster {
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).unwrap();
         let children = ids.iter().map(|_| None).collect();
+        let args = ids.iter().map(|_| Vec::new()).collect();
         TestCluster {
             dir,
             config,
@@ -194,6 +197,7 @@ impl TestCluster {
             children,
             env: Vec::new(),
             block,
+            args,
         }
     }
 
@@ -230,6 +234,7 @@ impl TestCluster {
             .arg("node")
             .arg("--node")
             .arg(&self.ids[i])
+            .args(&self.args[i])
             .env("RUST_LOG", "info,ractor_cluster=error,ractor=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -270,6 +275,40 @@ impl TestCluster {
         }
         c.wait_ready().await;
         c
+    }
+
+    /// Starts a node `id` the configuration does not list, on a fresh address, joining through
+    /// node `seed`; returns its index. It holds nothing until a committed join names it.
+    pub fn spawn_joining(&mut self, id: &str, seed: usize) -> usize {
+        let n = self.ids.len() + 1;
+        let ip = self
+            .block
+            .as_ref()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |b| b.ip(n as u8));
+        let addr = SocketAddr::new(ip, free_port_on(ip));
+        self.ids.push(id.to_string());
+        self.addrs.push(addr);
+        self.children.push(None);
+        self.args.push(vec![
+            "--addr".into(),
+            addr.to_string(),
+            "--join".into(),
+            self.addrs[seed].to_string(),
+        ]);
+        let i = self.ids.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    /// A client that dials every node this harness started, listed or not.
+    pub async fn client_all(&self) -> Client {
+        let mut cc = self.client_config(Duration::from_secs(10));
+        for (id, addr) in self.ids.iter().zip(&self.addrs) {
+            if !cc.members.iter().any(|(m, _)| m == id) {
+                cc.members.push((id.clone(), *addr));
+            }
+        }
+        Client::connect(cc).await.expect("client connects")
     }
 
     /// Node `i`'s IP address.

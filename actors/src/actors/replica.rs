@@ -220,7 +220,7 @@ impl Actor for Replica {
                 }
                 Ok(put) => {
                     tokio::spawn(async move {
-                        let r = coordinator::put_fenced(ctx, put, false).await;
+                        let r = coordinator::put(ctx, put, false).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }

@@ -63,7 +63,7 @@ impl Actor for Router {
                 Ok(req) => {
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let r = coordinator::put_fenced(ctx, req, true).await;
+                        let r = coordinator::put(ctx, req, true).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }

@@ -187,19 +187,22 @@ impl MembershipState {
         if change_of(&p) != self.completed_for {
             self.completed_for = change_of(&p);
             self.completed.clear();
+            // A new change starts: the last one's lines go (they stay visible until then).
+            if p.stage == Stage::ReadOld {
+                let mine: Vec<u32> = p
+                    .moves()
+                    .iter()
+                    .filter(|m| m.targets.contains(&ctx.node_id))
+                    .map(|m| m.partition)
+                    .collect();
+                self.board.retain(&mine);
+            }
         }
         if p.stage != Stage::ReadOld {
             for (_, t) in self.running.drain() {
                 t.abort();
             }
         }
-        let mine: Vec<u32> = p
-            .moves()
-            .iter()
-            .filter(|m| m.targets.contains(&ctx.node_id))
-            .map(|m| m.partition)
-            .collect();
-        self.board.retain(&mine);
         tracing::info!(epoch, stage = %p.stage, members = ?p.member_ids(), "adopted placement");
         Ok(true)
     }

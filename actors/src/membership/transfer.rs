@@ -52,6 +52,9 @@ pub struct Cursor {
     pub keys: u64,
     /// Bytes merged so far.
     pub bytes: u64,
+    /// The source's key count for the partition, as its last chunk reported it.
+    #[serde(default)]
+    pub total_keys: u64,
     /// Streamed and verified.
     pub done: bool,
 }
@@ -190,6 +193,7 @@ pub async fn run(
         l.to = me.clone();
         l.keys = cursor.keys;
         l.bytes = cursor.bytes;
+        l.total_keys = cursor.total_keys;
     });
     if cursor.done {
         board.update(partition, |l| l.state = "done".into());
@@ -287,6 +291,7 @@ pub async fn run(
         }
         cursor.keys += n;
         cursor.bytes += bytes;
+        cursor.total_keys = chunk.total_keys;
         let (dir2, c2) = (dir.clone(), cursor.clone());
         tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2))
             .await
@@ -355,6 +360,7 @@ mod tests {
             last_key: Some(b"k42".to_vec()),
             keys: 42,
             bytes: 4200,
+            total_keys: 99,
             done: false,
         };
         save_cursor(dir.path(), 3, &c).unwrap();
