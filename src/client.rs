@@ -4,10 +4,16 @@
 //! members listed in its configuration (cookie-authenticated), reusing live connections, and
 //! sends each request to a router actor of a node. Clone a `Client` freely. One process talks
 //! to one cluster: node ids name process-wide groups.
+//!
+//! A client serves as soon as enough members are reachable (see [`Client::connect`]) and
+//! dials the rest in the background: a request goes to the members whose actors are visible
+//! and skips the others, so a member that never completes its handshake (a SIGSTOPped process
+//! accepts TCP but never answers) costs a keyed request nothing.
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
@@ -23,29 +29,55 @@ use serde_bytes::ByteBuf;
 pub use ringkv_actors::protocol::KvError;
 
 mod admin;
+mod dials;
 mod membership;
 mod options;
 mod suspects;
 
 pub use options::{ClientConfig, Context, GetResult, RequestOptions};
 
-struct Inner {
-    config: ClientConfig,
+/// Where requests go: the members and, when known, the ring placing keys on them.
+#[derive(Debug)]
+struct Routing {
+    /// Members, in order: (node id, address).
+    members: Vec<(String, SocketAddr)>,
+    /// The ring over `members`; `None` sends every request to any member.
     ring: Option<Ring>,
-    next: AtomicUsize,
-    last_dial: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
-    suspects: suspects::Suspects,
-    runtime: tokio::runtime::Handle,
 }
+
+struct Inner {
+    /// Cookie, timeouts and the members first given; `routing` is what requests use.
+    config: ClientConfig,
+    /// Replaced whole by [`Client::set_routing`]; a request routes on one snapshot throughout.
+    routing: RwLock<Arc<Routing>>,
+    next: AtomicUsize,
+    suspects: suspects::Suspects,
+    node: &'static ClientNode,
+    /// The ring epoch `routing` was learned at (0: from the configuration).
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// How long `connect` waits for a member's ring before serving on the configuration's.
+const RING_FETCH: Duration = Duration::from_secs(1);
 
 /// How long a background re-dial may wait for a member's TCP connect.
 const REDIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a wait for members to become visible looks again (pg has no cheap wake-up).
+const POLL: Duration = Duration::from_millis(2);
+
+/// Least time [`Client::connect`] gives the other members, once one is visible, before it
+/// serves with fewer than a majority; it gives them as long as the first one took when that
+/// is longer (a healthy member's handshake takes about as long as another's).
+const MIN_SETTLE: Duration = Duration::from_millis(20);
 
 /// Handle on this process's one client node.
 struct ClientNode {
     cookie: String,
     server: ActorRef<NodeServerMessage>,
     runtime: tokio::runtime::Handle,
+    /// Every member's latest dial, shared by the process's clients as its sessions are.
+    dials: dials::Dials,
 }
 
 /// The process's client node. ractor's registry and process groups are process-wide and a
@@ -90,10 +122,15 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
                     .with_listen_addr([127, 0, 0, 1].into());
                     let started = Actor::spawn(None, server, ())
                         .await
-                        .map(|(server, _)| ClientNode {
-                            cookie,
-                            server,
-                            runtime: handle,
+                        .map(|(server, _)| {
+                            let dials = dials::Dials::default();
+                            dials.watch(&server);
+                            ClientNode {
+                                cookie,
+                                server,
+                                runtime: handle,
+                                dials,
+                            }
                         })
                         .map_err(|e| format!("client node failed to start: {e}"));
                     let _ = tx.send(started);
@@ -117,23 +154,12 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
 
 /// True when `node`'s router and admin actors are visible, the groups a client uses.
 fn published(node: &str) -> bool {
-    !ractor::pg::get_members(&router_group(node)).is_empty()
-        && !ractor::pg::get_members(&admin_group(node)).is_empty()
+    has_router(node) && !ractor::pg::get_members(&admin_group(node)).is_empty()
 }
 
-/// Node ids this process already has a live session with.
-async fn connected_peers(server: &ActorRef<NodeServerMessage>) -> Vec<String> {
-    match server
-        .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(5)))
-        .await
-    {
-        Ok(CallResult::Success(sessions)) => sessions
-            .values()
-            .filter_map(|s| s.peer_name.as_ref())
-            .filter_map(|n| n.name.split('@').next().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
+/// True when a router actor of `node` is visible.
+fn has_router(node: &str) -> bool {
+    !ractor::pg::get_members(&router_group(node)).is_empty()
 }
 
 /// A connection to a ringkv cluster.
@@ -145,86 +171,110 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("members", &self.inner.config.members)
+            .field("members", &self.routing().members)
             .finish()
     }
 }
 
 impl Client {
-    /// Dials every member and returns once at least one serves requests (or fails with
-    /// `NotConnected` after the connect timeout, naming the members it tried).
+    /// Dials every member and returns as soon as enough serve requests, dialling the rest in
+    /// the background: once every member still being dialled is visible, or a majority of the
+    /// members are, or one is and the others have had a moment more (as long again as the
+    /// first took, at least 20 ms). Fails with `NotConnected`, naming the members it tried,
+    /// when none is visible within the connect timeout or every dial has failed.
     pub async fn connect(config: ClientConfig) -> Result<Client, KvError> {
         let node = client_node(&config.cookie)?;
         let ids: Vec<String> = config.members.iter().map(|(id, _)| id.clone()).collect();
         let ring = config.ring.and_then(|(q, n)| Ring::new(&ids, q, n).ok());
+        let members = config.members.clone();
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                ring,
+                routing: RwLock::new(Arc::new(Routing {
+                    members: Vec::new(),
+                    ring: None,
+                })),
                 next: AtomicUsize::new(0),
-                last_dial: Default::default(),
+                epoch: Default::default(),
                 suspects: Default::default(),
-                runtime: node.runtime.clone(),
+                node,
             }),
         };
-        let cfg = &client.inner.config;
-        let peers = connected_peers(&node.server).await;
-        let mut dialed = Vec::new();
-        let mut failures = Vec::new();
-        // Every member at once, each bounded by the connect timeout: a member whose address
-        // drops packets (a partition, a dead host) would otherwise hold a TCP connect for the
-        // kernel's SYN retries, minutes.
-        let dials = cfg
-            .members
-            .iter()
-            .filter(|(id, _)| !peers.contains(id))
-            .map(|(id, addr)| {
-                client.dialing(id);
-                let (server, addr, id) = (node.server.clone(), *addr, id.clone());
-                let limit = cfg.connect_timeout;
-                // The socket must belong to the client node's runtime, which serves the session.
-                let dial = node.runtime.spawn(async move {
-                    match tokio::time::timeout(
-                        limit,
-                        ringkv_actors::transport::connect(&server, addr),
-                    )
-                    .await
-                    {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("no answer within {limit:?}")),
-                    }
-                });
-                (id, addr, dial)
-            })
-            .collect::<Vec<_>>();
-        dialed.extend(
-            cfg.members
-                .iter()
-                .filter(|(id, _)| peers.contains(id))
-                .map(|(id, _)| id.clone()),
-        );
-        for (id, addr, dial) in dials {
-            match dial.await.unwrap_or_else(|e| Err(e.to_string())) {
-                Ok(()) => dialed.push(id),
-                Err(e) => failures.push(format!("{id} at {addr}: {e}")),
-            }
+        client.set_routing(members, ring);
+        client.wait_serving().await?;
+        // The nodes' ring, not the configuration's, decides where requests go: members may
+        // have joined or left since the file was written.
+        let _ = tokio::time::timeout(RING_FETCH, client.refresh_ring()).await;
+        client.follow_ring();
+        Ok(client)
+    }
+
+    /// Replaces the members and ring that requests route on, and dials (in the background)
+    /// every member without a session. The seam for a client that learns a newer ring from the
+    /// nodes: requests under way finish on the routing they started with, later ones use the
+    /// new one. `ring`, when given, must place keys on `members`' ids (`None`: any member
+    /// coordinates any key). Members no longer listed keep their sessions but get no requests.
+    pub(crate) fn set_routing(&self, members: Vec<(String, SocketAddr)>, ring: Option<Ring>) {
+        let routing = Arc::new(Routing { members, ring });
+        *self
+            .inner
+            .routing
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = routing.clone();
+        for (id, addr) in &routing.members {
+            // A new routing retries at once a member an earlier dial found refused.
+            self.dial(id, *addr, self.inner.config.connect_timeout, true);
         }
-        // A member's actors become visible once its session is authenticated and every group
-        // it publishes has arrived, in no fixed order.
-        let deadline = Instant::now() + cfg.connect_timeout;
+    }
+
+    /// The routing requests use now.
+    fn routing(&self) -> Arc<Routing> {
+        self.inner
+            .routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until enough members are visible to serve (see [`Client::connect`]).
+    async fn wait_serving(&self) -> Result<(), KvError> {
+        let cfg = &self.inner.config;
+        let dials = &self.inner.node.dials;
+        let routing = self.routing();
+        let started = Instant::now();
+        let deadline = started + cfg.connect_timeout;
+        let majority = routing.members.len() / 2 + 1;
+        let mut first_seen: Option<Instant> = None;
         loop {
-            let ready = dialed.iter().filter(|id| published(id)).count();
-            if ready == dialed.len() && ready > 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                if ready > 0 {
-                    break;
+            let now = Instant::now();
+            let ready = routing
+                .members
+                .iter()
+                .filter(|(id, _)| published(id))
+                .count();
+            // Members that may still appear: their dial is under way or handshaking. A member
+            // that accepted TCP but never answers stays here until the connect timeout.
+            let pending = routing
+                .members
+                .iter()
+                .filter(|(id, _)| !published(id) && dials.in_flight(id, cfg.connect_timeout))
+                .count();
+            if ready > 0 {
+                let first = *first_seen.get_or_insert(now);
+                let settle = first.duration_since(started).max(MIN_SETTLE);
+                if pending == 0 || ready >= majority || now >= first + settle || now >= deadline {
+                    return Ok(());
                 }
-                let tried: Vec<String> = cfg
+            } else if pending == 0 || now >= deadline {
+                let tried: Vec<String> = routing
                     .members
                     .iter()
                     .map(|(i, a)| format!("{i} at {a}"))
+                    .collect();
+                let failures: Vec<String> = routing
+                    .members
+                    .iter()
+                    .filter_map(|(i, a)| dials.failure(i).map(|e| format!("{i} at {a}: {e}")))
                     .collect();
                 let detail = if failures.is_empty() {
                     "connected but no node answered (wrong cookie?)".to_string()
@@ -236,9 +286,31 @@ impl Client {
                     tried.join(", ")
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(POLL).await;
         }
-        Ok(client)
+    }
+
+    /// Waits until `visible(node)`, dialling `node` when no dial to it is under way, for as
+    /// long as the dial may still succeed (its connect timeout) and at most until `deadline`;
+    /// false when it did not become visible. Only for requests that name their node (admin
+    /// calls, `via`, pings): a keyed request never waits, it goes to a visible member.
+    async fn wait_visible(&self, node: &str, deadline: Instant, visible: fn(&str) -> bool) -> bool {
+        if visible(node) {
+            return true;
+        }
+        self.redial(node);
+        let dials = &self.inner.node.dials;
+        loop {
+            if visible(node) {
+                return true;
+            }
+            if Instant::now() >= deadline
+                || !dials.in_flight(node, self.inner.config.connect_timeout)
+            {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Connects to the cluster a `cluster.toml` describes.
@@ -248,19 +320,27 @@ impl Client {
 
     /// Node ids that currently have reachable routers.
     pub fn reachable_nodes(&self) -> Vec<String> {
-        self.inner
-            .config
+        self.routing()
             .members
             .iter()
-            .filter(|(id, _)| !ractor::pg::get_members(&router_group(id)).is_empty())
+            .filter(|(id, _)| has_router(id))
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    fn router(&self, node: Option<&str>) -> Result<ActorRef<RouterMessage>, KvError> {
+    /// A router of `node` (waiting for a dial to it under way, until `deadline`), or of any
+    /// reachable member when `None`.
+    async fn router(
+        &self,
+        node: Option<&str>,
+        deadline: Instant,
+    ) -> Result<ActorRef<RouterMessage>, KvError> {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let candidates = match node {
-            Some(id) => vec![id.to_string()],
+            Some(id) => {
+                self.wait_visible(id, deadline, has_router).await;
+                vec![id.to_string()]
+            }
             None => self.candidates(None, false),
         };
         for id in &candidates {
@@ -286,62 +366,39 @@ impl Client {
 
     /// Dials a member that has no session, at most once a second.
     fn redial(&self, node: &str) {
-        let Some(addr) = self
-            .inner
-            .config
-            .members
-            .iter()
-            .find(|(id, _)| id == node)
-            .map(|(_, a)| *a)
-        else {
-            return;
-        };
-        if !self.dialing(node) {
-            return;
-        }
-        if let Ok(cn) = client_node(&self.inner.config.cookie) {
-            let (server, node) = (cn.server.clone(), node.to_string());
-            cn.runtime.spawn(async move {
-                // A second session to a member makes both ends elect one and close the other,
-                // taking the member's actors out of view meanwhile: dial only when none is up.
-                if connected_peers(&server).await.contains(&node) {
-                    return;
-                }
-                let dial = ringkv_actors::transport::connect(&server, addr);
-                let _ = tokio::time::timeout(REDIAL_TIMEOUT, dial).await;
-            });
+        let routing = self.routing();
+        if let Some((_, addr)) = routing.members.iter().find(|(id, _)| id == node) {
+            self.dial(node, *addr, REDIAL_TIMEOUT, false);
         }
     }
 
-    /// Records a dial to `node`; false when one was made less than a second ago (its session
-    /// may still be authenticating).
-    fn dialing(&self, node: &str) -> bool {
-        let mut last = self
-            .inner
-            .last_dial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last
-            .get(node)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return false;
-        }
-        last.insert(node.to_string(), Instant::now());
-        true
+    /// Dials `node` at `addr` in the background on the client node's runtime (which serves the
+    /// session), unless a dial to it is under way or was made less than a second ago (see
+    /// `Dials::begin`); the TCP connect may take `limit`.
+    fn dial(&self, node: &str, addr: SocketAddr, limit: Duration, retry_failed: bool) {
+        let cn = self.inner.node;
+        let Some(started) = cn.dials.begin(node, limit, retry_failed) else {
+            return;
+        };
+        let node = node.to_string();
+        cn.runtime.spawn(async move {
+            let result = dials::open_session(&cn.dials, &cn.server, &node, addr, limit).await;
+            cn.dials.finish(&node, started, result);
+        });
     }
 
     /// Nodes to try, best first: for a key, its replicas (a write's first replica first, so
     /// one node orders the writes of a key; reads spread over them), then everyone else.
     fn candidates(&self, key: Option<&[u8]>, write: bool) -> Vec<String> {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let routing = self.routing();
         let mut order: Vec<String> = Vec::new();
-        if let (Some(ring), Some(key)) = (&self.inner.ring, key) {
+        if let (Some(ring), Some(key)) = (&routing.ring, key) {
             let prefs = ring.preference_list(ring.partition_of(key));
             let start = if write { 0 } else { n % prefs.len() };
             order.extend((0..prefs.len()).map(|i| prefs[(start + i) % prefs.len()].clone()));
         }
-        let members = &self.inner.config.members;
+        let members = &routing.members;
         for i in 0..members.len() {
             let id = &members[(n + i) % members.len()].0;
             if !order.contains(id) {
@@ -381,6 +438,12 @@ impl Client {
             }
         };
         for (i, node) in nodes.iter().enumerate() {
+            // A member not visible yet is skipped (and re-dialled in the background): it may be
+            // a process that accepts TCP but never answers. Only a request naming its node
+            // waits for that node's dial under way.
+            if via.is_some() {
+                self.wait_visible(node, deadline, has_router).await;
+            }
             let Some(router) = self.router_of(node, n) else {
                 continue;
             };
@@ -543,7 +606,7 @@ impl Client {
     /// at once, and the loop would starve the re-dials): every request of the process runs on
     /// this thread.
     pub fn runtime(&self) -> tokio::runtime::Handle {
-        self.inner.runtime.clone()
+        self.inner.node.runtime.clone()
     }
 
     /// Reads with options.
@@ -577,13 +640,18 @@ impl Client {
     /// client weakly: probing ends with the last handle.
     fn probe(&self, node: &str) {
         let (inner, node) = (Arc::downgrade(&self.inner), node.to_string());
-        self.inner.runtime.spawn(async move {
+        self.inner.node.runtime.spawn(async move {
             loop {
                 tokio::time::sleep(suspects::PROBE_EVERY).await;
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
                 let client = Client { inner };
+                // A member the routing no longer lists gets no requests to hold.
+                if !client.routing().members.iter().any(|(id, _)| *id == node) {
+                    client.inner.suspects.clear(&node);
+                    return;
+                }
                 let Some(router) = client.router_of(&node, 0) else {
                     continue;
                 };
@@ -603,8 +671,8 @@ impl Client {
 
     /// One bare round trip to a router of `node` (any node when `None`); returns who answered.
     pub async fn ping(&self, node: Option<&str>) -> Result<String, KvError> {
-        let router = self.router(node)?;
         let timeout = self.timeout(None);
+        let router = self.router(node, Instant::now() + timeout).await?;
         match router
             .call(
                 |port| RouterMessage::Ping(Wire::new(PingRequest {}), port),

@@ -306,6 +306,13 @@ async fn grow_3_to_5_and_shrink_back_under_load_loses_nothing() {
 
     // The old config's client (mg1..mg3, two of them gone) still reads and writes.
     let old = c.client().await;
+    let learned = old.member_ids();
+    assert!(
+        ["mg4", "mg5"]
+            .iter()
+            .all(|m| learned.iter().any(|l| l == m)),
+        "the client learned the members from the nodes: {learned:?}"
+    );
     assert_preloaded(&old, "pre-", 1500, 100).await;
     old.put("after-shrink", "yes")
         .await

@@ -1,7 +1,7 @@
 //! The SDK's admin calls: node status, members, ring, load figures, anti-entropy and fault
 //! injection, answered by each node's admin actor.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use ractor::RpcReplyPort;
@@ -13,20 +13,29 @@ use ringkv_actors::protocol::{
 
 use super::{Client, KvError};
 
+/// True when an admin actor of `node` is visible.
+fn has_admin(node: &str) -> bool {
+    !ractor::pg::get_members(&admin_group(node)).is_empty()
+}
+
 impl Client {
-    /// The admin actor of `node`, when connected; otherwise re-dials it in the background.
-    pub(crate) fn admin(&self, node: &str) -> Result<ActorRef<AdminMessage>, KvError> {
+    /// The admin actor of `node`, waiting until `deadline` while a dial to it is under way
+    /// (a client serves before every member's handshake is done); otherwise re-dials it in
+    /// the background and fails.
+    pub(crate) async fn admin(
+        &self,
+        node: &str,
+        deadline: Instant,
+    ) -> Result<ActorRef<AdminMessage>, KvError> {
+        self.wait_visible(node, deadline, has_admin).await;
         match ractor::pg::get_members(&admin_group(node))
             .into_iter()
             .next()
         {
             Some(a) => Ok(a.into()),
-            None => {
-                self.redial(node);
-                Err(KvError::NotConnected(format!(
-                    "node {node} is not reachable"
-                )))
-            }
+            None => Err(KvError::NotConnected(format!(
+                "node {node} is not reachable"
+            ))),
         }
     }
 
@@ -35,8 +44,9 @@ impl Client {
         T: Send + 'static,
         F: FnOnce(RpcReplyPort<Wire<T>>) -> AdminMessage,
     {
-        let admin = self.admin(node)?;
-        match admin.call(msg, Some(self.timeout(None))).await {
+        let timeout = self.timeout(None);
+        let admin = self.admin(node, Instant::now() + timeout).await?;
+        match admin.call(msg, Some(timeout)).await {
             Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
             Ok(CallResult::Timeout) => Err(KvError::Timeout),
             _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
@@ -52,7 +62,9 @@ impl Client {
     /// Runs one anti-entropy round on `node` now (every local partition with each replica);
     /// answers when it is done, so the timeout should allow for the repairs.
     pub async fn aae_run(&self, node: &str, timeout: Duration) -> Result<AaeRound, KvError> {
-        let admin = self.admin(node)?;
+        let admin = self
+            .admin(node, Instant::now() + self.timeout(None))
+            .await?;
         match admin
             .call(
                 |p| AdminMessage::AaeRun(Wire::new(PingRequest {}), p),
@@ -92,10 +104,9 @@ impl Client {
             .await
     }
 
-    /// Ids of the members in the configuration, in order.
+    /// Ids of the members requests route on (the configuration's unless replaced), in order.
     pub fn member_ids(&self) -> Vec<String> {
-        self.inner
-            .config
+        self.routing()
             .members
             .iter()
             .map(|(id, _)| id.clone())
@@ -104,7 +115,9 @@ impl Client {
 
     /// Makes one vnode of `node` fail so its supervisor restarts it (fault drills and tests).
     pub async fn crash_vnode(&self, node: &str, partition: u32) -> Result<(), KvError> {
-        let admin = self.admin(node)?;
+        let admin = self
+            .admin(node, Instant::now() + self.timeout(None))
+            .await?;
         match admin
             .call(
                 |port| AdminMessage::CrashVnode(Wire::new(CrashVnodeRequest { partition }), port),

@@ -231,14 +231,14 @@ impl Actor for Replica {
 }
 
 /// The error a replica message from `from` at `epoch` gets when this node is at a newer
-/// epoch: the coordinator routed it under a placement that may no longer hold. An epoch of 0
-/// (an asker that sends none) is never refused. When the asker is newer, this node catches up.
+/// epoch: the coordinator routed it under a placement that may no longer hold (a node waiting
+/// for its join is at epoch 0). When the asker is newer, this node catches up.
 fn stale(ctx: &NodeContext, from: &str, epoch: u64) -> Option<KvError> {
     let mine = ctx.ring.epoch();
     if epoch > mine {
         membership::observed(from, epoch);
     }
-    (epoch != 0 && epoch < mine).then_some(KvError::StaleRing { epoch: mine })
+    (epoch < mine).then_some(KvError::StaleRing { epoch: mine })
 }
 
 /// Casts an answer back to the asking node. An asker that cannot be reached lets its batch
