@@ -102,12 +102,6 @@ impl PeerTable {
         }
     }
 
-    /// The epoch `node` last reported (0 before it answered).
-    pub fn epoch_of(&self, node: &str) -> u64 {
-        self.peer(node)
-            .map_or(0, |p| p.epoch.load(Ordering::Relaxed))
-    }
-
     /// True when every member is up and reported the placement hash `mine`.
     pub fn ring_agreed(&self, mine: u64) -> bool {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
@@ -168,10 +162,5 @@ impl PeerTable {
         let mut ids: Vec<String> = peers.keys().filter(|id| **id != self.me).cloned().collect();
         ids.sort();
         ids
-    }
-
-    /// The address of `node`, when it is a member.
-    pub fn addr_of(&self, node: &str) -> Option<String> {
-        self.peer(node).map(|p| p.addr.clone())
     }
 }

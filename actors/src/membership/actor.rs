@@ -665,7 +665,7 @@ impl Actor for Membership {
             }
             MembershipMessage::Tick => {
                 // A joining node learns the placement from the member it dialled.
-                if let Some(seed) = state.args.join
+                if state.args.join.is_some()
                     && state
                         .ctx()
                         .ring
@@ -679,7 +679,7 @@ impl Actor for Membership {
                         .others()
                         .into_iter()
                         .next()
-                        .or_else(|| session_peer(seed, &state.args.ctx.node_id));
+                        .or_else(|| session_peer(&state.args.ctx.node_id));
                     if let Some(peer) = peer {
                         state.fetch(&myself, peer);
                     }
@@ -692,9 +692,9 @@ impl Actor for Membership {
     }
 }
 
-/// The id of a node whose replica group this process sees, found by address: a joining node
-/// knows only its seed's address. Any visible replica group will do to fetch the placement.
-fn session_peer(_seed: SocketAddr, me: &str) -> Option<String> {
+/// A node whose replica group this process sees (a joining node knows only its seed's address,
+/// not its id): any other node will do to fetch the placement from.
+fn session_peer(me: &str) -> Option<String> {
     ractor::pg::which_groups()
         .into_iter()
         .filter_map(|g| g.strip_prefix("ringkv.replica.").map(str::to_string))

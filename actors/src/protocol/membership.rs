@@ -136,8 +136,6 @@ pub struct TransferView {
     pub rate: f64,
     /// Seconds left at that rate, when known.
     pub eta_secs: Option<f64>,
-    /// Bytes received again after a restart (re-sent chunks).
-    pub resent_bytes: u64,
     /// Why it waits or stalls, when it does.
     pub why: String,
 }
