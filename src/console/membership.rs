@@ -104,6 +104,10 @@ pub fn parse(line: &str) -> Result<ChangeCmd, String> {
 
 /// Asks for JSON output (the console's `--json` applies to every command).
 pub fn set_json(cmd: &mut ChangeCmd) {
+    *json_flag(cmd) = true;
+}
+
+fn json_flag(cmd: &mut ChangeCmd) -> &mut bool {
     match cmd {
         ChangeCmd::Join { json, .. }
         | ChangeCmd::Leave { json, .. }
@@ -111,20 +115,12 @@ pub fn set_json(cmd: &mut ChangeCmd) {
         | ChangeCmd::Plan { json }
         | ChangeCmd::Commit { json, .. }
         | ChangeCmd::Clear { json }
-        | ChangeCmd::Transfers { json, .. } => *json = true,
+        | ChangeCmd::Transfers { json, .. } => json,
     }
 }
 
 fn json_of(cmd: &ChangeCmd) -> bool {
-    match cmd {
-        ChangeCmd::Join { json, .. }
-        | ChangeCmd::Leave { json, .. }
-        | ChangeCmd::Replace { json, .. }
-        | ChangeCmd::Plan { json }
-        | ChangeCmd::Commit { json, .. }
-        | ChangeCmd::Clear { json }
-        | ChangeCmd::Transfers { json, .. } => *json,
-    }
+    *json_flag(&mut cmd.clone())
 }
 
 /// Renders the claimant's answer: epoch, staged changes and the plan's moves.

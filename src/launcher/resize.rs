@@ -86,6 +86,28 @@ async fn follow(
     }
 }
 
+/// Prints the plan a stage answered with, commits exactly that plan and prints the outcome.
+async fn commit_shown(
+    client: &Client,
+    plan: &MembershipView,
+    what: &str,
+    id: &str,
+) -> Result<MembershipView, String> {
+    println!(
+        "plan: epoch {}, {} replicas move (ideal {}), ~{:.1} MB",
+        plan.plan_epoch,
+        plan.replicas_moved,
+        plan.replicas_ideal,
+        plan.bytes as f64 / 1e6
+    );
+    let committed = client
+        .commit(plan.plan_hash)
+        .await
+        .map_err(|e| format!("committing the {what} of {id}: {e}"))?;
+    println!("{}", committed.note);
+    Ok(committed)
+}
+
 /// `ringkv cluster add`: starts the next node (`nK`, next port) joining through the first
 /// member, stages and commits its join, and waits until it holds its partitions.
 pub async fn add(dir: &Path) -> Result<(), String> {
@@ -165,18 +187,7 @@ pub async fn add(dir: &Path) -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("staging the join of {id}: {e}"))?;
-    println!(
-        "plan: epoch {}, {} replicas move (ideal {}), ~{:.1} MB",
-        plan.plan_epoch,
-        plan.replicas_moved,
-        plan.replicas_ideal,
-        plan.bytes as f64 / 1e6
-    );
-    let committed = client
-        .commit(plan.plan_hash)
-        .await
-        .map_err(|e| format!("committing the join of {id}: {e}"))?;
-    println!("{}", committed.note);
+    let committed = commit_shown(&client, &plan, "join", &id).await?;
     let nodes: Vec<String> = state.nodes.iter().map(|n| n.id.clone()).collect();
     let done = follow(&client, &nodes, committed.epoch, |v| {
         v.members.contains(&id)
@@ -205,18 +216,7 @@ pub async fn remove(dir: &Path, id: &str) -> Result<(), String> {
         .stage(Change::Leave { id: id.to_string() })
         .await
         .map_err(|e| format!("staging the leave of {id}: {e}"))?;
-    println!(
-        "plan: epoch {}, {} replicas move (ideal {}), ~{:.1} MB",
-        plan.plan_epoch,
-        plan.replicas_moved,
-        plan.replicas_ideal,
-        plan.bytes as f64 / 1e6
-    );
-    let committed = client
-        .commit(plan.plan_hash)
-        .await
-        .map_err(|e| format!("committing the leave of {id}: {e}"))?;
-    println!("{}", committed.note);
+    let committed = commit_shown(&client, &plan, "leave", id).await?;
     let nodes: Vec<String> = state.nodes.iter().map(|n| n.id.clone()).collect();
     follow(&client, &nodes, committed.epoch, |v| {
         !v.members.iter().any(|m| m == id)
