@@ -58,8 +58,8 @@ impl Actor for Admin {
                     vnodes: ctx.table.report(),
                     durability: state.durability.clone(),
                     ring_version: placement.epoch,
-                    ring_hash: placement.hash(),
-                    ring_agreed: ctx.peers.ring_agreed(placement.hash()),
+                    ring_hash: ctx.ring.hash(),
+                    ring_agreed: ctx.peers.ring_agreed(ctx.ring.hash()),
                     stage: placement.stage.to_string(),
                     hints_waiting: ctx.hints.len().unwrap_or(0),
                     hints_delivered: ctx

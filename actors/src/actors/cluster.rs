@@ -235,7 +235,7 @@ impl ClusterState {
         let beat = Heartbeat {
             from: self.args.node_id.clone(),
             ring_version: placement.epoch,
-            ring_hash: placement.hash(),
+            ring_hash: self.args.ring.hash(),
         };
         let (timeout, me, node) = (self.args.heartbeat, myself.clone(), node.to_string());
         tokio::spawn(async move {
@@ -318,7 +318,7 @@ impl Actor for Cluster {
                         let mine = state.args.ring.load();
                         if epoch > mine.epoch {
                             membership::observed(&node, epoch);
-                        } else if epoch == mine.epoch && hash != mine.hash() {
+                        } else if epoch == mine.epoch && hash != state.args.ring.hash() {
                             tracing::error!(peer = %node, epoch, "peer holds a different placement at this epoch");
                         }
                         if state.args.table.set_up(&node, true) {

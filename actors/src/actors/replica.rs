@@ -67,7 +67,7 @@ impl Actor for Replica {
                 let _ = reply.send(Wire::new(Heartbeat {
                     from: ctx.node_id.clone(),
                     ring_version: placement.epoch,
-                    ring_hash: placement.hash(),
+                    ring_hash: ctx.ring.hash(),
                 }));
             }
             ReplicaMessage::ReadAsk(Wire(req)) => match req {

@@ -166,7 +166,7 @@ impl MembershipState {
             .map(|m| (m.id.clone(), m.addr.clone()))
             .collect();
         ctx.peers.set_members(&members);
-        ctx.peers.set_ring(&ctx.node_id, epoch, p.hash());
+        ctx.peers.set_ring(&ctx.node_id, epoch, ctx.ring.hash());
         let mut dial = Vec::new();
         for m in p.members.iter().filter(|m| m.id != ctx.node_id) {
             let (peers, ring) = (ctx.peers.clone(), ctx.ring.clone());
@@ -597,7 +597,7 @@ impl Actor for Membership {
         }
         let ctx = &args.ctx;
         let p = ctx.ring.load();
-        ctx.peers.set_ring(&ctx.node_id, p.epoch, p.hash());
+        ctx.peers.set_ring(&ctx.node_id, p.epoch, ctx.ring.hash());
         Ok(MembershipState {
             board: ctx.transfer_board.clone(),
             args,

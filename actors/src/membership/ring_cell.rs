@@ -18,7 +18,8 @@ const PROPOSED: &str = "placement-proposed.rmp";
 /// The current placement, shared by everything on the node.
 #[derive(Debug)]
 pub struct RingCell {
-    current: RwLock<Arc<Placement>>,
+    /// The placement and its hash, computed once per adoption (every heartbeat carries it).
+    current: RwLock<(Arc<Placement>, u64)>,
     dir: PathBuf,
     /// Serialises file writes; readers never take it.
     writing: Mutex<()>,
@@ -66,7 +67,7 @@ impl RingCell {
         };
         let (changed, _) = watch::channel(placement.epoch);
         Ok(RingCell {
-            current: RwLock::new(Arc::new(placement)),
+            current: RwLock::new((Arc::new(placement.clone()), placement.hash())),
             dir: dir.to_path_buf(),
             writing: Mutex::new(()),
             changed,
@@ -78,7 +79,13 @@ impl RingCell {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone()
+    }
+
+    /// The current placement's hash ([`Placement::hash`]).
+    pub fn hash(&self) -> u64 {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// The node's folder, where the placement and transfer cursors are kept.
@@ -119,8 +126,8 @@ impl RingCell {
             return Ok(false);
         }
         write_durably(&self.dir, CURRENT, &encode(&p)?)?;
-        let epoch = p.epoch;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+        let (epoch, hash) = (p.epoch, p.hash());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(p), hash);
         self.changed.send_replace(epoch);
         Ok(true)
     }
