@@ -78,7 +78,7 @@ impl Default for MembershipSection {
             handoff_mb_per_sec: 50.0,
             max_inbound_per_node: 2,
             max_outbound_per_node: 2,
-            chunk_keys: 512,
+            chunk_keys: 4096,
             chunk_kb: 256,
         }
     }

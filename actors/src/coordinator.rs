@@ -489,6 +489,13 @@ pub async fn put(
             .count()
     };
     if let Some(short) = sets.iter().map(reachable).find(|&got| got < needed) {
+        tracing::debug!(
+            partition,
+            epoch = placement.epoch,
+            ?sets,
+            ?targets,
+            "write refused: a write set is short of live replicas"
+        );
         return Err(KvError::Unavailable { needed, got: short });
     }
     let deadline = ctx.deadline(req.timeout_ms);
@@ -606,7 +613,16 @@ pub async fn put(
                 targets = write_targets(&ctx, &placement, partition);
                 errors.clear();
             }
-            _ => return Err(shortfall(needed, tally.successes(), &errors)),
+            _ => {
+                tracing::debug!(
+                    partition,
+                    round,
+                    ?sets,
+                    ?errors,
+                    "write short of W in a write set"
+                );
+                return Err(shortfall(needed, tally.successes(), &errors));
+            }
         }
     }
     Err(shortfall(needed, 0, &errors))
@@ -659,6 +675,9 @@ async fn forward_put(
     {
         Ok(CallResult::Success(Wire(Ok(r)))) => r,
         Ok(CallResult::Timeout) => Err(KvError::Timeout),
-        _ => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        other => {
+            tracing::debug!(%target, failed = ?other.err(), "forwarded write failed");
+            Err(KvError::Unavailable { needed: 1, got: 0 })
+        }
     }
 }

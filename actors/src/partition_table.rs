@@ -95,6 +95,8 @@ pub struct NotServing;
 /// Per-partition vnode registry; slots of partitions this node does not hold stay empty.
 pub struct PartitionTable {
     slots: Vec<Slot>,
+    /// Woken whenever a vnode starts serving.
+    served: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for PartitionTable {
@@ -112,7 +114,10 @@ impl PartitionTable {
         for &p in local {
             slots[p as usize].local.store(true, Ordering::Relaxed);
         }
-        PartitionTable { slots }
+        PartitionTable {
+            slots,
+            served: tokio::sync::Notify::new(),
+        }
     }
 
     fn slot(&self, partition: u32) -> Option<&Slot> {
@@ -150,6 +155,24 @@ impl PartitionTable {
                 reader: Some(reader),
                 tree: Some(tree),
             };
+            self.served.notify_waiters();
+        }
+    }
+
+    /// Waits until `partition`'s vnode serves, at most `within`; true if it does.
+    pub async fn wait_serving(&self, partition: u32, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so a vnode that starts in between still wakes us.
+            let notified = self.served.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.vnode(partition).is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
         }
     }
 

@@ -120,6 +120,10 @@ pub async fn merge_local(
     }
 }
 
+/// Longest a merge waits for a vnode this node hosts but is still starting (a partition it
+/// just took on): coordinators start sending as soon as they adopt the placement.
+const VNODE_START_WAIT: Duration = Duration::from_secs(3);
+
 /// Hands `object` to this node's vnode of `partition` to merge; the future resolves once the
 /// merge is durable, with no deadline of its own.
 pub fn start_merge(
@@ -135,8 +139,39 @@ pub fn start_merge(
         object: decoded,
         reply: tx,
     });
+    let table = ctx.table.clone();
+    let starting =
+        table.vnode(partition).is_none() && ctx.ring.load().hosts(&ctx.node_id, partition);
+    Ok(async move {
+        if starting {
+            table.wait_serving(partition, VNODE_START_WAIT).await;
+        }
+        table
+            .send(partition, merge)
+            .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
+        rx.await
+            .unwrap_or(Err(KvError::Unavailable { needed: 1, got: 0 }))
+    })
+}
+
+/// Hands a chunk of encoded objects to this node's vnode of `partition` to merge in one go; the
+/// future resolves once every one is durable. Refuses the whole chunk if any is undecodable.
+pub fn start_ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    ctx: &NodeContext,
+    partition: u32,
+    pairs: &[(K, V)],
+) -> Result<impl Future<Output = Result<(), KvError>> + use<K, V>, KvError> {
+    let decoded = pairs
+        .iter()
+        .map(|(k, v)| {
+            decode_object(v.as_ref())
+                .map(|o| (k.as_ref().to_vec(), o, v.as_ref().to_vec()))
+                .map_err(|e| KvError::BadRequest(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = oneshot::channel();
     ctx.table
-        .send(partition, merge)
+        .send(partition, VnodeMessage::Ingest(decoded, tx))
         .map_err(|_| KvError::Unavailable { needed: 1, got: 0 })?;
     Ok(async move {
         rx.await

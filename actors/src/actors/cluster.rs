@@ -349,12 +349,19 @@ impl Actor for Cluster {
                     if id == state.args.node_id {
                         continue;
                     }
+                    let known = state.links.contains_key(&id);
                     let link = state
                         .links
                         .entry(id.clone())
                         .or_insert_with(|| new_link(addr));
+                    let moved = link.addr != addr;
                     link.addr = addr;
-                    state.dial(&myself, &id);
+                    // Only new, moved or down peers: dialling a live session again makes
+                    // ractor_cluster replace it, which drops the peer's groups for a moment and
+                    // fails every batch in flight to it.
+                    if !known || moved || !state.args.table.is_up(&id) {
+                        state.dial(&myself, &id);
+                    }
                 }
             }
             ClusterMessage::DialSeed(addr) => {

@@ -66,11 +66,82 @@ pub struct MergeOp {
     pub reply: oneshot::Sender<Result<(), KvError>>,
 }
 
+/// The one answer to a whole [`VnodeMessage::Ingest`], given once every part of it is durable
+/// or one failed; a part dropped unanswered (the vnode stopped) fails it.
+#[derive(Debug)]
+struct IngestAck {
+    parts: usize,
+    durable: std::sync::atomic::AtomicUsize,
+    error: Mutex<Option<KvError>>,
+    reply: Mutex<Option<oneshot::Sender<Result<(), KvError>>>>,
+}
+
+impl Drop for IngestAck {
+    fn drop(&mut self) {
+        let error = self
+            .error
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let reply = self
+            .reply
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let result = match error {
+            Some(e) => Err(e),
+            None if *self.durable.get_mut() == self.parts => Ok(()),
+            None => Err(KvError::Unavailable { needed: 1, got: 0 }),
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Where a merge's answer goes.
+#[derive(Debug)]
+enum MergeReply {
+    /// Its own requester.
+    One(oneshot::Sender<Result<(), KvError>>),
+    /// The ingest it is part of.
+    Part(Arc<IngestAck>),
+}
+
+impl MergeReply {
+    fn send(self, r: Result<(), KvError>) {
+        match (self, r) {
+            (MergeReply::One(tx), r) => {
+                let _ = tx.send(r);
+            }
+            (MergeReply::Part(ack), Ok(())) => {
+                ack.durable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (MergeReply::Part(ack), Err(e)) => {
+                let mut error = ack.error.lock().unwrap_or_else(|p| p.into_inner());
+                error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// A queued merge.
+#[derive(Debug)]
+struct Merge {
+    key: Vec<u8>,
+    object: Object,
+    reply: MergeReply,
+}
+
+/// Objects to ingest: key, decoded object, its encoding.
+pub type IngestChunk = Vec<(Vec<u8>, Object, Vec<u8>)>;
+
 /// A queued change.
 #[derive(Debug)]
 enum Op {
     Write(WriteOp),
-    Merge(MergeOp),
+    Merge(Merge),
 }
 
 impl Op {
@@ -87,9 +158,7 @@ impl Op {
                 let _ = w.minted.send(Err(e.clone()));
                 let _ = w.durable.send(Err(e));
             }
-            Op::Merge(m) => {
-                let _ = m.reply.send(Err(e));
-            }
+            Op::Merge(m) => m.reply.send(Err(e)),
         }
     }
 }
@@ -101,6 +170,9 @@ pub enum VnodeMessage {
     Write(WriteOp),
     /// Merge a replica's object in the next group commit.
     Merge(MergeOp),
+    /// Merge many objects, each with its encoding (an ownership transfer's chunk); answered
+    /// once all are durable.
+    Ingest(IngestChunk, oneshot::Sender<Result<(), KvError>>),
     /// Commit every queued write now.
     Drain,
     /// Write the memtable to the vnode's file (in memory until the next checkpoint).
@@ -277,12 +349,23 @@ impl Actor for Vnode {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             VnodeMessage::Write(op) => {
+                state.args.table.dequeued(state.args.partition);
                 let bytes = op.key.len() + op.value.as_ref().map_or(0, Vec::len);
                 enqueue(state, &myself, Op::Write(op), bytes)?;
             }
             VnodeMessage::Merge(op) => {
+                state.args.table.dequeued(state.args.partition);
                 let bytes = op.key.len() + 64;
-                enqueue(state, &myself, Op::Merge(op), bytes)?;
+                let merge = Merge {
+                    key: op.key,
+                    object: op.object,
+                    reply: MergeReply::One(op.reply),
+                };
+                enqueue(state, &myself, Op::Merge(merge), bytes)?;
+            }
+            VnodeMessage::Ingest(pairs, reply) => {
+                state.args.table.dequeued(state.args.partition);
+                ingest(state, &myself, pairs, reply).await?;
             }
             VnodeMessage::Drain => {
                 state.drain_scheduled = false;
@@ -336,7 +419,6 @@ fn enqueue(
     op: Op,
     bytes: usize,
 ) -> Result<(), ActorProcessingErr> {
-    state.args.table.dequeued(state.args.partition);
     state.pending_bytes += bytes;
     state.pending.push(op);
     if state.pending.len() >= state.args.batch_max_writes
@@ -526,9 +608,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
                     let _ = w.durable.send(Ok(()));
                 }));
             }
-            (Op::Merge(m), Ok(_)) => acks.push(Box::new(move || {
-                let _ = m.reply.send(Ok(()));
-            })),
+            (Op::Merge(m), Ok(_)) => acks.push(Box::new(move || m.reply.send(Ok(())))),
         }
     }
     let answer = move || {
@@ -561,6 +641,63 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         myself_flush_after(state);
     }
     Ok(())
+}
+
+/// Ingests a chunk: keys the memtable holds (written since its last flush) are merged through
+/// the next group commit like any replica's object; the rest are joined straight into the file
+/// in one durable transaction, which skips the log, the memtable and a re-encoding of the keys
+/// the file lacks. The one answer is given once both parts are durable.
+async fn ingest(
+    state: &mut VnodeState,
+    myself: &ActorRef<VnodeMessage>,
+    pairs: IngestChunk,
+    reply: oneshot::Sender<Result<(), KvError>>,
+) -> Result<(), ActorProcessingErr> {
+    // Queued changes first, so the memtable shows every key newer than the file.
+    commit(state)?;
+    let (recent, bulk): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|(k, _, _)| state.memtable.get(k).is_some());
+    let ack = Arc::new(IngestAck {
+        parts: recent.len() + 1,
+        durable: Default::default(),
+        error: Mutex::new(None),
+        reply: Mutex::new(Some(reply)),
+    });
+    for (key, object, _) in recent {
+        let bytes = key.len() + 64;
+        let merge = Merge {
+            key,
+            object,
+            reply: MergeReply::Part(ack.clone()),
+        };
+        enqueue(state, myself, Op::Merge(merge), bytes)?;
+    }
+    let (db, policy) = (state.store.reader(), state.args.conflict);
+    let keys: Vec<Vec<u8>> = bulk.iter().map(|(k, _, _)| k.clone()).collect();
+    let done = tokio::task::spawn_blocking(move || VnodeStore::ingest_in(&db, &bulk, policy))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Other(e.to_string())));
+    match done {
+        Ok(changed) => {
+            let mut tree = state.tree.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, before, after) in &changed {
+                tree.update(key, *before, Some(*after));
+            }
+            drop(tree);
+            // After the commit: each removal moves the cache's generation, so a reader that
+            // took the file's older snapshot before it cannot admit that copy afterwards.
+            for key in &keys {
+                state.cache.remove(key);
+            }
+            MergeReply::Part(ack).send(Ok(()));
+            Ok(())
+        }
+        Err(e) => {
+            MergeReply::Part(ack).send(Err(KvError::Storage(e.to_string())));
+            Err(format!("vnode {} ingest failed: {e}", state.args.partition).into())
+        }
+    }
 }
 
 /// Removes the tombstones whose current object still has the digest the reaper checked on

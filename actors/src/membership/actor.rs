@@ -661,6 +661,8 @@ impl Actor for Membership {
                 state.running.remove(&partition);
                 if ok && epoch == state.completed_for {
                     state.completed.insert(partition);
+                    // The freed inbound slot is taken at once rather than at the next tick.
+                    state.drive_transfers(&myself);
                 }
             }
             MembershipMessage::Tick => {

@@ -12,14 +12,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::anti_entropy;
 use crate::coordinator::NodeContext;
 use crate::protocol::{ChunkRequest, KvError, ReplicaMessage, TransferChunk, TransferView, Wire};
-use crate::replica_io::{call_replica, start_merge};
+use crate::replica_io::{call_replica, start_ingest};
 
 /// Deadline of one chunk request (a chunk is at most `chunk_bytes` plus one pair).
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,15 +74,27 @@ pub fn load_cursor(dir: &std::path::Path, partition: u32, epoch: u64) -> Cursor 
         })
 }
 
-/// Saves `cursor` durably (temporary file, fsync, rename).
-fn save_cursor(dir: &std::path::Path, partition: u32, cursor: &Cursor) -> std::io::Result<()> {
+/// Saves `cursor` (temporary file, rename), with an fsync when `sync`.
+///
+/// A cursor is written only after everything it covers is durable, so whichever version a
+/// crash leaves (an older one, or none after a power loss) lies at or behind the merged data:
+/// resuming from it re-sends chunks, which merge as no-ops, and never skips any. Only the final
+/// `done` needs the fsync, since the claimant is told of it.
+fn save_cursor(
+    dir: &std::path::Path,
+    partition: u32,
+    cursor: &Cursor,
+    sync: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
     let path = cursor_path(dir, partition);
     let tmp = path.with_extension("cursor.tmp");
     let bytes = rmp_serde::to_vec(cursor).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
-    f.sync_data()?;
+    if sync {
+        f.sync_data()?;
+    }
     std::fs::rename(tmp, path)
 }
 
@@ -243,8 +254,14 @@ pub async fn run(
         })
     };
     let mut next = ask(source.clone(), cursor.last_key.clone());
+    // Where the stream's time went, for the log line at the end: waiting for chunks, merging
+    // them, saving the cursor.
+    let (mut waited, mut merging, mut saving) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     loop {
-        let chunk = match (&mut next).await {
+        let t = Instant::now();
+        let fetched = (&mut next).await;
+        waited += t.elapsed();
+        let chunk = match fetched {
             Ok(Ok(c)) => c,
             failed => {
                 let busy = matches!(&failed, Ok(Err(KvError::Overloaded)));
@@ -279,24 +296,27 @@ pub async fn run(
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum();
-        let mut merges = Vec::with_capacity(chunk.pairs.len());
-        for (k, v) in &chunk.pairs {
-            merges.push(start_merge(&ctx, partition, k, v).map_err(|e| e.to_string())?);
-        }
-        for r in join_all(merges).await {
-            r.map_err(|e| format!("merging a chunk: {e}"))?;
+        let t = Instant::now();
+        if !chunk.pairs.is_empty() {
+            start_ingest(&ctx, partition, &chunk.pairs)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| format!("merging a chunk: {e}"))?;
         }
         if let Some(k) = last.clone() {
             cursor.last_key = Some(k);
         }
+        merging += t.elapsed();
+        let t = Instant::now();
         cursor.keys += n;
         cursor.bytes += bytes;
         cursor.total_keys = chunk.total_keys;
         let (dir2, c2) = (dir.clone(), cursor.clone());
-        tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2))
+        tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2, false))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("saving the transfer cursor: {e}"))?;
+        saving += t.elapsed();
         let elapsed = started.elapsed().as_secs_f64().max(1e-3);
         let rate = (cursor.bytes - bytes_at_start) as f64 / elapsed;
         let total = chunk.total_keys;
@@ -327,7 +347,7 @@ pub async fn run(
         .map_err(|e| format!("merkle check with {source}: {e}"))?;
     cursor.done = true;
     let (dir2, c2) = (dir.clone(), cursor.clone());
-    tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2))
+    tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2, true))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("saving the transfer cursor: {e}"))?;
@@ -338,6 +358,9 @@ pub async fn run(
         keys = cursor.keys,
         bytes = cursor.bytes,
         repaired,
+        waited_ms = waited.as_millis() as u64,
+        merging_ms = merging.as_millis() as u64,
+        saving_ms = saving.as_millis() as u64,
         mb_per_sec = (cursor.bytes - bytes_at_start) as f64 / secs.max(1e-3) / 1e6,
         "partition streamed in"
     );
@@ -363,7 +386,7 @@ mod tests {
             total_keys: 99,
             done: false,
         };
-        save_cursor(dir.path(), 3, &c).unwrap();
+        save_cursor(dir.path(), 3, &c, true).unwrap();
         assert_eq!(load_cursor(dir.path(), 3, 7), c);
         assert_eq!(load_cursor(dir.path(), 3, 9).keys, 0);
         assert_eq!(load_cursor(dir.path(), 4, 7).keys, 0);

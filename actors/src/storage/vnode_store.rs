@@ -7,8 +7,8 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use crate::core::codec::decode_object;
-use crate::core::version::Object;
+use crate::core::codec::{decode_object, encode_object};
+use crate::core::version::{ConflictPolicy, Object};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 
@@ -51,6 +51,9 @@ pub struct VnodeStore {
 
 /// A page of (key, object digest) pairs in key order, and whether more keys follow.
 pub type DigestPage = (Vec<(Vec<u8>, u64)>, bool);
+
+/// A key whose object changed, with its digest before (`None`: absent) and after.
+pub type DigestChange = (Vec<u8>, Option<u64>, u64);
 
 /// Keys with their encoded objects, as written to the file and the commit log.
 pub type EncodedPairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -241,6 +244,53 @@ impl VnodeStore {
         txn.commit().map_err(|e| err("commit", e))
     }
 
+    /// Joins a batch of objects into the file in one durable transaction, bypassing the commit
+    /// log (the file is then their only copy, so the commit must be durable). A key the file
+    /// lacks takes its given encoding as is. Returns, per key that changed, the digests before
+    /// (`None`: absent) and after. The caller must hold the vnode's writer role and must not
+    /// pass keys whose current object is newer than the file's (the memtable's).
+    pub fn ingest_in(
+        db: &Database,
+        pairs: &[(Vec<u8>, Object, Vec<u8>)],
+        policy: ConflictPolicy,
+    ) -> Result<Vec<DigestChange>, StoreError> {
+        let txn = db.begin_write().map_err(|e| err("begin write", e))?;
+        let mut changed = Vec::with_capacity(pairs.len());
+        {
+            let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+            for (key, object, encoded) in pairs {
+                let current = table
+                    .get(key.as_slice())
+                    .map_err(|e| err("get", e))?
+                    .map(|v| decode_object(v.value()))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("stored object: {e}")))?;
+                match current {
+                    None => {
+                        table
+                            .insert(key.as_slice(), encoded.as_slice())
+                            .map_err(|e| err("insert", e))?;
+                        changed.push((key.clone(), None, object.digest()));
+                    }
+                    Some(mut current) => {
+                        let before = current.digest();
+                        current.merge(object, policy);
+                        let after = current.digest();
+                        if after != before {
+                            let bytes = encode_object(&current);
+                            table
+                                .insert(key.as_slice(), bytes.as_slice())
+                                .map_err(|e| err("insert", e))?;
+                            changed.push((key.clone(), Some(before), after));
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| err("commit", e))?;
+        Ok(changed)
+    }
+
     /// Replays commit-log objects, durably. A logged object replaces the stored one unless
     /// the stored one already descends from it (the file can be ahead of the log after a
     /// checkpoint); both come from this vnode's single history, so one always descends.
@@ -334,6 +384,35 @@ mod tests {
             ConflictPolicy::Siblings { max_siblings: 8 },
         );
         encode_object(&o)
+    }
+
+    #[test]
+    fn ingest_keeps_absent_encodings_joins_present_ones_and_reports_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VnodeStore::open(&dir.path().join("v.redb"), 1 << 20, false).unwrap();
+        let policy = ConflictPolicy::Siblings { max_siblings: 8 };
+        // k1 holds a version from another author; k2 already holds exactly what arrives.
+        let mut theirs = Object::default();
+        theirs.update("n2~1", 1, None, Some(b"x".to_vec()), 5, policy);
+        let theirs = encode_object(&theirs);
+        let refs = [(b"k1".as_slice(), theirs.as_slice()), (b"k2", &object(2))];
+        store.put_encoded(refs, true).unwrap();
+        let chunk: Vec<(Vec<u8>, Object, Vec<u8>)> =
+            [(b"k0", object(0)), (b"k1", object(1)), (b"k2", object(2))]
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), decode_object(&v).unwrap(), v))
+                .collect();
+        let changed = VnodeStore::ingest_in(&store.reader(), &chunk, policy).unwrap();
+        let keys: Vec<&[u8]> = changed.iter().map(|(k, _, _)| k.as_slice()).collect();
+        assert_eq!(keys, [b"k0".as_slice(), b"k1"]);
+        assert_eq!(changed[0].1, None);
+        assert_eq!(changed[1].1, Some(decode_object(&theirs).unwrap().digest()));
+        let db = store.reader();
+        let k0 = VnodeStore::read(&db, b"k0").unwrap().unwrap();
+        assert_eq!(encode_object(&k0), object(0));
+        let k1 = VnodeStore::read(&db, b"k1").unwrap().unwrap();
+        assert_eq!(k1.siblings.len(), 2, "both versions kept: {k1:?}");
+        assert_eq!(k1.digest(), changed[1].2);
     }
 
     #[test]
