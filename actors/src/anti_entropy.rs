@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_bytes::ByteBuf;
 
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::core::codec::encode_object;
 use crate::core::merkle::{Exchange, MerkleTree, Step, diff_keys};
 use crate::core::version::Object;
@@ -146,7 +146,7 @@ pub async fn exchange(
     let started = Instant::now();
     let mut repaired: u64 = 0;
     if segments.is_empty() {
-        ctx.aae.record(partition, 0);
+        ctx.repair.aae.record(partition, 0);
         return Ok(0);
     }
     // Both sides list the differing segments in pages, in key order, resuming after the end
@@ -196,7 +196,7 @@ pub async fn exchange(
             None => break,
         }
     }
-    ctx.aae.record(partition, repaired);
+    ctx.repair.aae.record(partition, repaired);
     Ok(repaired)
 }
 
@@ -217,7 +217,7 @@ async fn repair_keys(
         let theirs = theirs?.unwrap_or_default();
         let mine = ctx.table.read(partition, key)?.unwrap_or_default();
         let mut joined = mine.clone();
-        joined.merge(&theirs, ctx.conflict);
+        joined.merge(&theirs, ctx.policy.conflict);
         if joined == Object::default() {
             continue;
         }

@@ -17,108 +17,22 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::actors::vnode::{VnodeMessage, WriteOp, WriteOutcome};
-use crate::anti_entropy::AaeStatus;
+use crate::context::NodeContext;
 use crate::core::codec::encode_object;
-use crate::core::limits::Limits;
 use crate::core::placement::{Placement, SetTally, SetVerdict};
 use crate::core::quorum::{Consistency, Tally, Verdict};
 use crate::core::read_order::read_order;
 use crate::core::version::{ConflictPolicy, Object};
-use crate::membership::ring_cell::RingCell;
-use crate::partition_table::PartitionTable;
-use crate::peer_link::PeerLink;
-use crate::peer_table::PeerTable;
 use crate::protocol::{
     GetReply, GetRequest, KvError, PutReply, PutRequest, ReplicaMessage, Wire, decode_context,
     encode_context,
 };
 use crate::replica_io::{Fetched, read_remote, remaining, replicate, write_replica};
-use crate::request_stats::RequestStats;
-use crate::settings::RepairSettings;
-use crate::storage::hint_store::HintStore;
 use crate::storage::stored::Stored;
-
-/// Everything a coordinator needs from its node.
-#[derive(Debug)]
-pub struct NodeContext {
-    /// This node's id.
-    pub node_id: String,
-    /// The current placement; each request takes one snapshot of it.
-    pub ring: Arc<RingCell>,
-    /// Local vnodes.
-    pub table: Arc<PartitionTable>,
-    /// Members and the failure detector's view of them.
-    pub peers: Arc<PeerTable>,
-    /// Key and pair limits.
-    pub limits: Limits,
-    /// Conflict policy for merging replica copies.
-    pub conflict: ConflictPolicy,
-    /// Default read consistency.
-    pub default_r: Consistency,
-    /// Default write consistency.
-    pub default_w: Consistency,
-    /// Deadline of a request that names none.
-    pub default_timeout: Duration,
-    /// Most requests this node coordinates at once before answering `Overloaded`.
-    pub max_coordinating: u64,
-    /// Client request figures.
-    pub stats: RequestStats,
-    /// Share of reads that ask every replica instead of R, for read repair.
-    pub read_repair_chance: f64,
-    /// A read whose first R replies take longer than this also asks the remaining replicas.
-    pub speculative_read_after: Duration,
-    /// Batching queues to every peer, one added per member as members join.
-    pub links: Links,
-    /// Writes for down replicas go to fallbacks as hints.
-    pub sloppy_quorum: bool,
-    /// Hints this node keeps as a fallback.
-    pub hints: Arc<HintStore>,
-    /// Hints handed back to their owners since start.
-    pub hints_delivered: std::sync::atomic::AtomicU64,
-    /// Handoff and anti-entropy settings.
-    pub repair: RepairSettings,
-    /// Anti-entropy figures per local partition.
-    pub aae: AaeStatus,
-    /// Tombstones every replica was seen to hold, per (partition, key): digest and since when.
-    pub reap_agreements: ReapAgreements,
-    /// How ownership transfers run.
-    pub transfer: crate::membership::transfer::TransferSettings,
-    /// Transfers this node serves as a source, bounded by `transfer.max_outbound`.
-    pub transfer_outbound: crate::membership::transfer::Outbound,
-    /// Progress of the transfers this node streams in.
-    pub transfer_board: Arc<crate::membership::transfer::TransferBoard>,
-}
-
-/// Batching queues per peer id.
-#[derive(Debug, Default)]
-pub struct Links(std::sync::RwLock<std::collections::HashMap<String, Arc<PeerLink>>>);
-
-impl Links {
-    /// The queue to `peer`, if it is a member.
-    pub fn get(&self, peer: &str) -> Option<Arc<PeerLink>> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
-            .cloned()
-    }
-
-    /// Starts a queue to `peer` unless one runs.
-    pub fn ensure(&self, peer: &str, start: impl FnOnce() -> PeerLink) {
-        let mut links = self.0.write().unwrap_or_else(|p| p.into_inner());
-        links
-            .entry(peer.to_string())
-            .or_insert_with(|| Arc::new(start()));
-    }
-}
-
-/// Tombstone agreements awaiting their second look, for the reaper.
-pub type ReapAgreements =
-    std::sync::Mutex<std::collections::HashMap<(u32, Vec<u8>), (u64, Instant)>>;
 
 impl NodeContext {
     fn deadline(&self, timeout_ms: Option<u64>) -> Instant {
-        let t = timeout_ms.map_or(self.default_timeout, Duration::from_millis);
+        let t = timeout_ms.map_or(self.policy.default_timeout, Duration::from_millis);
         Instant::now() + t.min(Duration::from_secs(300))
     }
 
@@ -132,7 +46,7 @@ impl NodeContext {
     }
 
     fn overloaded(&self) -> bool {
-        self.stats.in_flight() > self.max_coordinating
+        self.stats.in_flight() > self.policy.max_coordinating
     }
 }
 
@@ -229,14 +143,14 @@ pub async fn get(
             f(r);
         }
     };
-    if let Err(e) = ctx.limits.check_key(&req.key) {
+    if let Err(e) = ctx.policy.limits.check_key(&req.key) {
         return answer(Err(e));
     }
     if ctx.overloaded() {
         return answer(Err(KvError::Overloaded));
     }
     let request = ctx.stats.start();
-    let needed = match ctx.required(req.r.unwrap_or(ctx.default_r)) {
+    let needed = match ctx.required(req.r.unwrap_or(ctx.policy.default_r)) {
         Ok(n) => n,
         Err(e) => return answer(Err(e)),
     };
@@ -261,7 +175,7 @@ pub async fn get(
     // the rest as spares for failed replies; a share of reads asks all N so replicas outside
     // the first R get repaired too.
     let mut order = read_order(placement.read_ring().members(), me, &up);
-    let ask_all = rand::random::<f64>() < ctx.read_repair_chance;
+    let ask_all = rand::random::<f64>() < ctx.policy.read_repair_chance;
     let first = if ask_all { order.len() } else { needed };
     let mut spares = order.split_off(first).into_iter();
     let mut tally = Tally::new(needed, up.len());
@@ -304,7 +218,7 @@ pub async fn get(
     // when the first R replies are late, the spares are asked too.
     // The threshold follows the node's own recent p99, so a saturated node does not send
     // every read to every replica; capped, since reads held by a hung replica raise the p99.
-    let base = ctx.speculative_read_after;
+    let base = ctx.policy.speculative_read_after;
     let after = (ctx.stats.recent_p99() * 2).clamp(base, base * 10);
     let mut speculating = spares.len() > 0;
     let first_wake = if speculating {
@@ -352,7 +266,7 @@ pub async fn get(
                 tally.success()
             }
             Ok(Fetched::Object(o)) => {
-                copies.absorb(&o, ctx.conflict);
+                copies.absorb(&o, ctx.policy.conflict);
                 sent.push((node, o));
                 tally.success()
             }
@@ -389,7 +303,7 @@ pub async fn get(
     }
     if !stale.is_empty() {
         let bytes = encode_object(result);
-        let deadline = Instant::now() + ctx.default_timeout;
+        let deadline = Instant::now() + ctx.policy.default_timeout;
         for node in stale {
             if let Err(e) = write_replica(&ctx, node, partition, &key, &bytes, None, deadline).await
             {
@@ -459,8 +373,8 @@ pub async fn put(
     forward: bool,
 ) -> Result<PutReply, KvError> {
     match &req.value {
-        Some(v) => ctx.limits.check_pair(&req.key, v)?,
-        None => ctx.limits.check_key(&req.key)?,
+        Some(v) => ctx.policy.limits.check_pair(&req.key, v)?,
+        None => ctx.policy.limits.check_key(&req.key)?,
     }
     let context = req
         .context
@@ -471,7 +385,7 @@ pub async fn put(
         return Err(KvError::Overloaded);
     }
     let _req = ctx.stats.start();
-    let needed = ctx.required(req.w.unwrap_or(ctx.default_w))?;
+    let needed = ctx.required(req.w.unwrap_or(ctx.policy.default_w))?;
     let placement = ctx.ring.load();
     let partition = placement.ring.partition_of(&req.key);
     // Versions are minted by a replica of the read set: it holds every acknowledged write.
@@ -642,7 +556,7 @@ fn write_targets(
         .filter(|n| ctx.peers.is_up(n))
         .map(|n| ((*n).clone(), None))
         .collect();
-    if ctx.sloppy_quorum {
+    if ctx.policy.sloppy_quorum {
         let fallbacks = placement.fallbacks(partition);
         let mut fallbacks = fallbacks.iter().filter(|n| ctx.peers.is_up(n));
         for down in nodes.iter().filter(|n| !ctx.peers.is_up(n)) {

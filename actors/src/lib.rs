@@ -5,6 +5,7 @@
 
 pub mod actors;
 pub mod anti_entropy;
+pub mod context;
 pub mod coordinator;
 pub mod core;
 pub mod membership;

@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::actors::vnode::VnodeMessage;
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::protocol::{HintsQuery, KeyDigest, KvError, ReapRequest, ReplicaMessage, Wire};
 use crate::replica_io::{call_replica, read_replica};
 
@@ -44,8 +44,8 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let older_than = now.saturating_sub(ctx.repair.tombstone_grace.as_millis() as u64);
-    let (table, chunk) = (ctx.table.clone(), ctx.repair.chunk_keys);
+    let older_than = now.saturating_sub(ctx.repair.settings.tombstone_grace.as_millis() as u64);
+    let (table, chunk) = (ctx.table.clone(), ctx.repair.settings.chunk_keys);
     let candidates =
         tokio::task::spawn_blocking(move || table.tombstones(partition, older_than, chunk))
             .await
@@ -107,9 +107,10 @@ pub async fn reap_partition(ctx: &Arc<NodeContext>, partition: u32) -> Result<u6
 /// Agreements first seen at least the grace period ago with the same digest; records the new
 /// ones and forgets those of `partition` that no longer hold.
 fn settled(ctx: &NodeContext, partition: u32, agreed: Vec<(Vec<u8>, u64)>) -> Vec<(Vec<u8>, u64)> {
-    let grace = ctx.repair.tombstone_grace;
+    let grace = ctx.repair.settings.tombstone_grace;
     let now = Instant::now();
     let mut seen = ctx
+        .repair
         .reap_agreements
         .lock()
         .unwrap_or_else(|p| p.into_inner());

@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::actors::vnode::{MergeOp, VnodeMessage};
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::core::codec::decode_object;
 use crate::core::version::Object;
 use crate::protocol::{KvError, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire};

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 
 use crate::anti_entropy;
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::reaper;
 
 /// The anti-entropy scheduler actor.
@@ -51,7 +51,7 @@ impl Actor for AaeScheduler {
         myself: ActorRef<AaeSchedulerMessage>,
         ctx: Arc<NodeContext>,
     ) -> Result<AaeSchedulerState, ActorProcessingErr> {
-        let interval = ctx.repair.aae_interval;
+        let interval = ctx.repair.settings.aae_interval;
         // Paced for the share of partitions a node holds when balanced, whatever it holds now.
         let placement = ctx.ring.load();
         let share = (placement.partitions() as usize * placement.replicas())
@@ -89,7 +89,10 @@ impl Actor for AaeScheduler {
                     // Reports the end even if the exchange panics, or the scheduler would stay
                     // busy for good.
                     let _done = Finished(myself);
-                    let (chunk, rate) = (ctx.repair.chunk_keys, ctx.repair.aae_keys_per_sec);
+                    let (chunk, rate) = (
+                        ctx.repair.settings.chunk_keys,
+                        ctx.repair.settings.aae_keys_per_sec,
+                    );
                     for peer in partners {
                         match anti_entropy::exchange(&ctx, partition, &peer, chunk, rate).await {
                             Ok(0) => {}

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::vnode::VnodeMessage;
 use crate::anti_entropy;
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::membership::actor::{MembershipMessage, NAME};
 use crate::protocol::{
     AaePartition, AaeView, AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth,
@@ -63,6 +63,7 @@ impl Actor for Admin {
                     stage: placement.stage.to_string(),
                     hints_waiting: ctx.hints.len().unwrap_or(0),
                     hints_delivered: ctx
+                        .repair
                         .hints_delivered
                         .load(std::sync::atomic::Ordering::Relaxed),
                     pid: std::process::id(),
@@ -75,7 +76,7 @@ impl Actor for Admin {
                     .into_iter()
                     .map(|p| AaePartition {
                         root: ctx.table.tree(p).map(|t| t.root()),
-                        ..ctx.aae.of(p)
+                        ..ctx.repair.aae.of(p)
                     })
                     .collect();
                 let _ = reply.send(Wire::new(AaeView {
@@ -86,7 +87,10 @@ impl Actor for Admin {
             AdminMessage::AaeRun(_, reply) => {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let (chunk, rate) = (ctx.repair.chunk_keys, ctx.repair.aae_keys_per_sec);
+                    let (chunk, rate) = (
+                        ctx.repair.settings.chunk_keys,
+                        ctx.repair.settings.aae_keys_per_sec,
+                    );
                     let r = anti_entropy::round(&ctx, chunk, rate).await;
                     let _ = reply.send(Wire::new(r));
                 });
@@ -140,7 +144,7 @@ impl Actor for Admin {
                 }
             },
             AdminMessage::Transfers(_, reply) => {
-                let _ = reply.send(Wire::new(ctx.transfer_board.lines()));
+                let _ = reply.send(Wire::new(ctx.transfers.board.lines()));
             }
             AdminMessage::Stats(_, reply) => {
                 let (ops_per_sec, p99_ms) = ctx.stats.summary();

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use serde_bytes::ByteBuf;
 
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::protocol::ReplicaWrite;
 use crate::storage::hint_store::Hint;
 
@@ -146,7 +146,7 @@ impl Job {
                 Err(_) => break,
             };
             cursor = hints.last().map(|h| (h.partition, h.key.clone()));
-            let deadline = Instant::now() + self.ctx.default_timeout;
+            let deadline = Instant::now() + self.ctx.policy.default_timeout;
             let sends = hints.iter().map(|h| {
                 link.write(
                     ReplicaWrite {
@@ -176,7 +176,10 @@ impl Job {
                 Err(_) => break,
             }
             moved += n;
-            self.ctx.hints_delivered.fetch_add(n, Ordering::Relaxed);
+            self.ctx
+                .repair
+                .hints_delivered
+                .fetch_add(n, Ordering::Relaxed);
             if none_ok {
                 break;
             }

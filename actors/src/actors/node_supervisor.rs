@@ -20,7 +20,7 @@ use crate::actors::vnode::VnodeMessage;
 use crate::actors::vnode_supervisor::{
     VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage,
 };
-use crate::coordinator::NodeContext;
+use crate::context::{NodeContext, RepairState, RequestPolicy, Transfers};
 use crate::core::placement::{MemberAddr, Placement};
 use crate::core::ring::Ring;
 use crate::membership::actor::{Membership, MembershipArgs, MembershipMessage, NAME as MEMBERSHIP};
@@ -217,25 +217,22 @@ impl Actor for NodeSupervisor {
             ring: ring.clone(),
             table: table.clone(),
             peers: peers.clone(),
-            limits: settings.limits,
-            conflict: settings.conflict,
-            default_r: settings.default_r,
-            default_w: settings.default_w,
-            default_timeout: settings.request_timeout,
-            max_coordinating: settings.max_coordinating,
-            stats: RequestStats::default(),
-            read_repair_chance: settings.read_repair_chance,
-            speculative_read_after: settings.speculative_read_after,
-            sloppy_quorum: settings.repair.sloppy_quorum,
-            hints: hints.clone(),
-            hints_delivered: Default::default(),
-            repair: settings.repair,
-            aae: Default::default(),
-            reap_agreements: Default::default(),
             links: Default::default(),
-            transfer: settings.transfer,
-            transfer_outbound: Default::default(),
-            transfer_board: Default::default(),
+            hints: hints.clone(),
+            policy: RequestPolicy {
+                limits: settings.limits,
+                conflict: settings.conflict,
+                default_r: settings.default_r,
+                default_w: settings.default_w,
+                default_timeout: settings.request_timeout,
+                max_coordinating: settings.max_coordinating,
+                read_repair_chance: settings.read_repair_chance,
+                speculative_read_after: settings.speculative_read_after,
+                sloppy_quorum: settings.repair.sloppy_quorum,
+            },
+            stats: RequestStats::default(),
+            repair: RepairState::new(settings.repair),
+            transfers: Transfers::new(settings.transfer),
         });
         for (id, _) in members.iter().filter(|(id, _)| *id != settings.node_id) {
             ctx.links.ensure(id, || {

@@ -9,7 +9,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
 
 use crate::anti_entropy;
-use crate::coordinator::{self, NodeContext};
+use crate::context::NodeContext;
+use crate::coordinator;
 use crate::membership::{self, transfer};
 use crate::partition_table::PeerCopy;
 use crate::protocol::{
@@ -115,7 +116,7 @@ impl Actor for Replica {
                         return Ok(());
                     }
                     tokio::spawn(async move {
-                        let deadline = std::time::Instant::now() + ctx.default_timeout;
+                        let deadline = std::time::Instant::now() + ctx.policy.default_timeout;
                         let results = apply_writes(&ctx, ask.writes, deadline).await;
                         let answer = WriteAnswer {
                             from: ctx.node_id.clone(),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::coordinator::{self, NodeContext};
+use crate::context::NodeContext;
+use crate::coordinator;
 use crate::protocol::{GetReply, GetRequest, KvError, PingReply, RouterMessage, Wire};
 
 /// The router actor.
@@ -81,12 +82,12 @@ fn bad_frame(what: &str, e: impl std::fmt::Display) -> KvError {
 /// A read that needs one replica and finds it on this node is served inline: a snapshot read
 /// of cached pages takes microseconds, less than handing it to a task.
 fn local_read(ctx: &NodeContext, req: &GetRequest) -> Option<Result<GetReply, KvError>> {
-    let level = req.r.unwrap_or(ctx.default_r);
+    let level = req.r.unwrap_or(ctx.policy.default_r);
     let placement = ctx.ring.load();
     if level.required(placement.replicas()) != Some(1) {
         return None;
     }
-    if let Err(e) = ctx.limits.check_key(&req.key) {
+    if let Err(e) = ctx.policy.limits.check_key(&req.key) {
         return Some(Err(e));
     }
     let partition = placement.ring.partition_of(&req.key);

@@ -20,7 +20,7 @@ use ractor_cluster::RactorMessage;
 
 use crate::actors::cluster::ClusterMessage;
 use crate::actors::vnode_supervisor::VnodeSupervisorMessage;
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::core::placement::{Change, Placement, PlanError, Stage, named};
 use crate::membership::transfer::{self, TransferBoard};
 use crate::peer_link::PeerLink;
@@ -307,7 +307,8 @@ impl MembershipState {
             (slots * changed).div_ceil(new_members.max(old_members).max(1))
         };
         let bytes = moved as u64 * keys * pair_bytes;
-        let rate = ctx.transfer.bytes_per_sec as f64 * ctx.transfer.max_inbound.max(1) as f64;
+        let rate = ctx.transfers.settings.bytes_per_sec as f64
+            * ctx.transfers.settings.max_inbound.max(1) as f64;
         MembershipView {
             claimant: ctx.node_id.clone(),
             epoch: p.epoch,
@@ -426,12 +427,12 @@ impl MembershipState {
                 });
                 continue;
             }
-            if self.running.len() >= ctx.transfer.max_inbound.max(1) {
+            if self.running.len() >= ctx.transfers.settings.max_inbound.max(1) {
                 self.board.update(part, |l| {
                     l.to = ctx.node_id.clone();
                     if l.state.is_empty() || l.state == "waiting" {
                         l.state = "waiting".into();
-                        l.why = format!("inbound limit ({})", ctx.transfer.max_inbound);
+                        l.why = format!("inbound limit ({})", ctx.transfers.settings.max_inbound);
                     }
                 });
                 continue;
@@ -599,7 +600,7 @@ impl Actor for Membership {
         let p = ctx.ring.load();
         ctx.peers.set_ring(&ctx.node_id, p.epoch, ctx.ring.hash());
         Ok(MembershipState {
-            board: ctx.transfer_board.clone(),
+            board: ctx.transfers.board.clone(),
             args,
             staged: Vec::new(),
             shown: None,

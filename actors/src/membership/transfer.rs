@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::anti_entropy;
-use crate::coordinator::NodeContext;
+use crate::context::NodeContext;
 use crate::protocol::{ChunkRequest, KvError, ReplicaMessage, TransferChunk, TransferView, Wire};
 use crate::replica_io::{call_replica, start_ingest};
 
@@ -157,10 +157,11 @@ pub async fn answer_chunk(
     ctx: &Arc<NodeContext>,
     req: ChunkRequest,
 ) -> Result<TransferChunk, KvError> {
-    if !ctx
-        .transfer_outbound
-        .admit(&req.from, req.partition, ctx.transfer.max_outbound)
-    {
+    if !ctx.transfers.outbound.admit(
+        &req.from,
+        req.partition,
+        ctx.transfers.settings.max_outbound,
+    ) {
         return Err(KvError::Overloaded);
     }
     let table = ctx.table.clone();
@@ -176,7 +177,7 @@ pub async fn answer_chunk(
     .await
     .map_err(|e| KvError::Storage(e.to_string()))??;
     if !more {
-        ctx.transfer_outbound.finish(&req.from, partition);
+        ctx.transfers.outbound.finish(&req.from, partition);
     }
     Ok(TransferChunk {
         pairs: pairs
@@ -210,7 +211,7 @@ pub async fn run(
         board.update(partition, |l| l.state = "done".into());
         return Ok(());
     }
-    let settings = ctx.transfer;
+    let settings = ctx.transfers.settings;
     let up: Vec<String> = sources
         .iter()
         .filter(|s| ctx.peers.is_up(s))
