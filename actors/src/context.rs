@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::anti_entropy::AaeStatus;
 use crate::core::limits::Limits;
 use crate::core::quorum::Consistency;
 use crate::core::version::ConflictPolicy;
@@ -17,6 +16,7 @@ use crate::membership::transfer::{Outbound, TransferBoard, TransferSettings};
 use crate::partition_table::PartitionTable;
 use crate::peer_link::PeerLink;
 use crate::peer_table::PeerTable;
+use crate::repair::exchange::AaeStatus;
 use crate::request_stats::RequestStats;
 use crate::settings::RepairSettings;
 use crate::storage::hint_store::HintStore;

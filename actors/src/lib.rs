@@ -4,7 +4,6 @@
 //! messages and call them.
 
 pub mod actors;
-pub mod anti_entropy;
 pub mod context;
 pub mod coordinator;
 pub mod core;
@@ -14,7 +13,7 @@ pub mod partition_table;
 pub mod peer_link;
 pub mod peer_table;
 pub mod protocol;
-pub mod reaper;
+pub mod repair;
 pub mod replica_io;
 pub mod request_stats;
 pub mod settings;

@@ -9,13 +9,13 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::vnode::VnodeMessage;
-use crate::anti_entropy;
 use crate::context::NodeContext;
 use crate::membership::actor::{MembershipMessage, NAME};
 use crate::protocol::{
     AaePartition, AaeView, AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth,
     Wire,
 };
+use crate::repair::exchange;
 
 /// The admin actor.
 #[derive(Debug, Default)]
@@ -91,7 +91,7 @@ impl Actor for Admin {
                         ctx.repair.settings.chunk_keys,
                         ctx.repair.settings.aae_keys_per_sec,
                     );
-                    let r = anti_entropy::round(&ctx, chunk, rate).await;
+                    let r = exchange::round(&ctx, chunk, rate).await;
                     let _ = reply.send(Wire::new(r));
                 });
             }

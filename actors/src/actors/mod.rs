@@ -1,9 +1,7 @@
 //! The actors of a node, one per file.
 
-pub mod aae_scheduler;
 pub mod admin;
 pub mod cluster;
-pub mod handoff;
 pub mod node_supervisor;
 pub mod replica;
 pub mod router;

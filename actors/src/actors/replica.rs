@@ -8,7 +8,6 @@ use futures::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
 
-use crate::anti_entropy;
 use crate::context::NodeContext;
 use crate::coordinator;
 use crate::membership::{self, transfer};
@@ -17,7 +16,8 @@ use crate::protocol::{
     Heartbeat, KvError, ReadAnswer, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire,
     WriteAnswer,
 };
-use crate::reaper;
+use crate::repair::exchange;
+use crate::repair::reaper;
 use crate::replica_io;
 use crate::storage::hint_store::Hint;
 
@@ -141,7 +141,7 @@ impl Actor for Replica {
             ReplicaMessage::AaeTree(Wire(req), reply) => {
                 let r = req
                     .map_err(|e| malformed("merkle tree", e))
-                    .and_then(|r| anti_entropy::answer_tree(&ctx, &r));
+                    .and_then(|r| exchange::answer_tree(&ctx, &r));
                 let _ = reply.send(Wire::new(r));
             }
             ReplicaMessage::AaeKeys(Wire(req), reply) => match req {
@@ -151,7 +151,7 @@ impl Actor for Replica {
                 // Listing scans the vnode's file: off this mailbox.
                 Ok(req) => {
                     tokio::spawn(async move {
-                        let r = anti_entropy::answer_keys(&ctx, req).await;
+                        let r = exchange::answer_keys(&ctx, req).await;
                         let _ = reply.send(Wire::new(r));
                     });
                 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::anti_entropy;
 use crate::context::NodeContext;
 use crate::protocol::{ChunkRequest, KvError, ReplicaMessage, TransferChunk, TransferView, Wire};
+use crate::repair::exchange;
 use crate::replica_io::{call_replica, start_ingest};
 
 /// Deadline of one chunk request (a chunk is at most `chunk_bytes` plus one pair).
@@ -343,7 +343,7 @@ pub async fn run(
         }
     }
     board.update(partition, |l| l.state = "verifying".into());
-    let repaired = anti_entropy::exchange(&ctx, partition, &source, 512, u32::MAX)
+    let repaired = exchange::exchange(&ctx, partition, &source, 512, u32::MAX)
         .await
         .map_err(|e| format!("merkle check with {source}: {e}"))?;
     cursor.done = true;

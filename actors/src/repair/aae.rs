@@ -8,9 +8,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 
-use crate::anti_entropy;
 use crate::context::NodeContext;
-use crate::reaper;
+use crate::repair::exchange;
+use crate::repair::reaper;
 
 /// The anti-entropy scheduler actor.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ impl Actor for AaeScheduler {
                 }
                 let partition = partitions[state.next % partitions.len()];
                 state.next += 1;
-                let partners = anti_entropy::partners(&state.ctx, partition);
+                let partners = exchange::partners(&state.ctx, partition);
                 state.busy = true;
                 let ctx = state.ctx.clone();
                 tokio::spawn(async move {
@@ -94,7 +94,7 @@ impl Actor for AaeScheduler {
                         ctx.repair.settings.aae_keys_per_sec,
                     );
                     for peer in partners {
-                        match anti_entropy::exchange(&ctx, partition, &peer, chunk, rate).await {
+                        match exchange::exchange(&ctx, partition, &peer, chunk, rate).await {
                             Ok(0) => {}
                             Ok(n) => {
                                 tracing::info!(partition, %peer, keys = n, "anti-entropy repaired keys")

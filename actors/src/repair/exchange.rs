@@ -20,7 +20,7 @@ use crate::protocol::{
     AaePartition, AaeRound, KeyDigest, KeyListing, KvError, ReplicaMessage, SegmentRequest,
     TreeRequest, Wire,
 };
-use crate::reaper;
+use crate::repair::reaper;
 use crate::replica_io::{call_replica, merge_local, read_replica, write_replica};
 use crate::storage::vnode_store::DigestPage;
 
