@@ -16,7 +16,6 @@ use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::actors::vnode::{VnodeMessage, WriteOp, WriteOutcome};
 use crate::context::NodeContext;
 use crate::core::codec::encode_object;
 use crate::core::placement::{Placement, SetTally, SetVerdict};
@@ -29,6 +28,7 @@ use crate::protocol::{
 };
 use crate::replica_io::{Fetched, read_remote, remaining, replicate, write_replica};
 use crate::storage::stored::Stored;
+use crate::vnode::{VnodeMessage, WriteOp, WriteOutcome};
 
 impl NodeContext {
     fn deadline(&self, timeout_ms: Option<u64>) -> Instant {

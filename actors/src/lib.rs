@@ -19,5 +19,6 @@ pub mod request_stats;
 pub mod settings;
 pub mod storage;
 pub mod transport;
+pub mod vnode;
 
 pub use node::Node;

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use ractor::ActorRef;
 use redb::Database;
 
-use crate::actors::vnode::VnodeMessage;
 use crate::core::codec::decode_object;
 use crate::core::merkle::{MerkleTree, segment_of};
 use crate::core::version::Object;
@@ -16,6 +15,7 @@ use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
 use crate::storage::stored::Stored;
 use crate::storage::vnode_store::{DigestPage, VnodeStore, is_old_tombstone};
+use crate::vnode::VnodeMessage;
 
 #[derive(Default)]
 struct Slot {

@@ -7,12 +7,12 @@ use ractor::rpc::CallResult;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::actors::vnode::{MergeOp, VnodeMessage};
 use crate::context::NodeContext;
 use crate::core::codec::decode_object;
 use crate::core::version::Object;
 use crate::protocol::{KvError, ReplicaMessage, ReplicaObject, ReplicaRead, ReplicaWrite, Wire};
 use crate::storage::hint_store::Hint;
+use crate::vnode::{MergeOp, VnodeMessage};
 
 /// One call to `peer`'s replica actor for background work (anti-entropy, reaping), with a
 /// fixed deadline; transport failures read as `Unavailable`.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::actors::vnode::VnodeMessage;
 use crate::context::NodeContext;
 use crate::membership::actor::{MembershipMessage, NAME};
 use crate::protocol::{
@@ -16,6 +15,7 @@ use crate::protocol::{
     Wire,
 };
 use crate::repair::exchange;
+use crate::vnode::VnodeMessage;
 
 /// The admin actor.
 #[derive(Debug, Default)]

@@ -5,5 +5,3 @@ pub mod cluster;
 pub mod node_supervisor;
 pub mod replica;
 pub mod router;
-pub mod vnode;
-pub mod vnode_supervisor;

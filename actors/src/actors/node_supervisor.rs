@@ -14,10 +14,6 @@ use crate::actors::admin::{Admin, AdminArgs};
 use crate::actors::cluster::{Cluster, ClusterArgs, ClusterMessage};
 use crate::actors::replica::{Replica, ReplicaArgs};
 use crate::actors::router::Router;
-use crate::actors::vnode::VnodeMessage;
-use crate::actors::vnode_supervisor::{
-    VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage,
-};
 use crate::context::{NodeContext, RepairState, RequestPolicy, Transfers};
 use crate::core::placement::{MemberAddr, Placement};
 use crate::core::ring::Ring;
@@ -36,6 +32,8 @@ use crate::storage::dot_sequence::DotSequence;
 use crate::storage::hint_store::HintStore;
 use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
+use crate::vnode::VnodeMessage;
+use crate::vnode::supervisor::{VnodeSupervisor, VnodeSupervisorArgs, VnodeSupervisorMessage};
 
 /// Messages the node supervisor accepts (local only).
 #[derive(RactorMessage)]

@@ -19,7 +19,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
 use crate::actors::cluster::ClusterMessage;
-use crate::actors::vnode_supervisor::VnodeSupervisorMessage;
 use crate::context::NodeContext;
 use crate::core::placement::{Change, Placement, PlanError, Stage, named};
 use crate::membership::transfer::{self, TransferBoard};
@@ -28,6 +27,7 @@ use crate::protocol::{
     AdminMessage, KvError, MembershipRequest, MembershipView, MoveView, PingRequest,
     ReplicaMessage, TransferReport, Wire, admin_group,
 };
+use crate::vnode::supervisor::VnodeSupervisorMessage;
 
 /// The registered name of a node's membership actor (one node per process).
 pub const NAME: &str = "ringkv.membership";

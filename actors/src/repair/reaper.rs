@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::actors::vnode::VnodeMessage;
 use crate::context::NodeContext;
 use crate::protocol::{HintsQuery, KeyDigest, KvError, ReapRequest, ReplicaMessage, Wire};
 use crate::replica_io::{call_replica, read_replica};
+use crate::vnode::VnodeMessage;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

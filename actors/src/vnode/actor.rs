@@ -1,20 +1,16 @@
-//! Vnode: the single writer of one partition's data.
-//!
-//! Writes and replica merges are group-committed: a change is queued, and a `Drain` the vnode
-//! sends itself runs after every change already in the mailbox, so one step applies them all.
-//! The new objects go to the vnode's memtable and to the node's commit log, which answers the
-//! coordinators after its fsync in `sync` mode; the memtable is written to the redb file about
-//! once a second in one in-memory transaction, and made durable at checkpoints. Reads never
-//! come here: readers use the memtable and file snapshot published in the [`PartitionTable`].
+//! The vnode actor: its mailbox, group commit, ingest, memtable flush and checkpoint.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 
+use super::apply::apply_op;
+use super::ops::{IngestAck, Merge, MergeReply, Op};
+use super::{IngestChunk, VnodeMessage, WriteOutcome};
 use crate::core::codec::encode_object;
 use crate::core::merkle::{DEFAULT_SEGMENTS, MerkleTree};
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
@@ -26,165 +22,6 @@ use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
 use crate::storage::stored::Stored;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
-use tokio::sync::oneshot;
-
-/// What a coordinated write produced, handed out as soon as the version is minted (before it is
-/// durable), so replication runs in parallel with the local fsync.
-#[derive(Debug)]
-pub struct WriteOutcome {
-    /// Context covering what the write superseded and the write itself.
-    pub context: CausalContext,
-    /// The key's encoded object after the commit, to replicate.
-    pub object: Vec<u8>,
-}
-
-/// One client write waiting for the next commit.
-#[derive(Debug)]
-pub struct WriteOp {
-    /// The key bytes.
-    pub key: Vec<u8>,
-    /// The new value, or `None` to delete.
-    pub value: Option<Vec<u8>>,
-    /// What the client had seen; `None` for a blind write.
-    pub context: Option<CausalContext>,
-    /// Wall-clock Unix ms after which the write is refused with `Timeout` instead of applied.
-    pub not_after_ms: Option<u64>,
-    /// Gets the minted version, or why the write was refused, before the commit is durable.
-    pub minted: oneshot::Sender<Result<WriteOutcome, KvError>>,
-    /// Answered once the write is durable (or failed to become so).
-    pub durable: oneshot::Sender<Result<(), KvError>>,
-}
-
-/// A replica's object to merge (replication, read repair), waiting for the next commit.
-#[derive(Debug)]
-pub struct MergeOp {
-    /// The key bytes.
-    pub key: Vec<u8>,
-    /// The object to join into the stored one.
-    pub object: Object,
-    /// Answered once the merge is durable.
-    pub reply: oneshot::Sender<Result<(), KvError>>,
-}
-
-/// The one answer to a whole [`VnodeMessage::Ingest`], given once every part of it is durable
-/// or one failed; a part dropped unanswered (the vnode stopped) fails it.
-#[derive(Debug)]
-struct IngestAck {
-    parts: usize,
-    durable: std::sync::atomic::AtomicUsize,
-    error: Mutex<Option<KvError>>,
-    reply: Mutex<Option<oneshot::Sender<Result<(), KvError>>>>,
-}
-
-impl Drop for IngestAck {
-    fn drop(&mut self) {
-        let error = self
-            .error
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let reply = self
-            .reply
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let result = match error {
-            Some(e) => Err(e),
-            None if *self.durable.get_mut() == self.parts => Ok(()),
-            None => Err(KvError::Unavailable { needed: 1, got: 0 }),
-        };
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
-    }
-}
-
-/// Where a merge's answer goes.
-#[derive(Debug)]
-enum MergeReply {
-    /// Its own requester.
-    One(oneshot::Sender<Result<(), KvError>>),
-    /// The ingest it is part of.
-    Part(Arc<IngestAck>),
-}
-
-impl MergeReply {
-    fn send(self, r: Result<(), KvError>) {
-        match (self, r) {
-            (MergeReply::One(tx), r) => {
-                let _ = tx.send(r);
-            }
-            (MergeReply::Part(ack), Ok(())) => {
-                ack.durable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            (MergeReply::Part(ack), Err(e)) => {
-                let mut error = ack.error.lock().unwrap_or_else(|p| p.into_inner());
-                error.get_or_insert(e);
-            }
-        }
-    }
-}
-
-/// A queued merge.
-#[derive(Debug)]
-struct Merge {
-    key: Vec<u8>,
-    object: Object,
-    reply: MergeReply,
-}
-
-/// Objects to ingest: key, decoded object, its encoding.
-pub type IngestChunk = Vec<(Vec<u8>, Object, Vec<u8>)>;
-
-/// A queued change.
-#[derive(Debug)]
-enum Op {
-    Write(WriteOp),
-    Merge(Merge),
-}
-
-impl Op {
-    fn key(&self) -> &[u8] {
-        match self {
-            Op::Write(w) => &w.key,
-            Op::Merge(m) => &m.key,
-        }
-    }
-
-    fn fail(self, e: KvError) {
-        match self {
-            Op::Write(w) => {
-                let _ = w.minted.send(Err(e.clone()));
-                let _ = w.durable.send(Err(e));
-            }
-            Op::Merge(m) => m.reply.send(Err(e)),
-        }
-    }
-}
-
-/// Messages a vnode accepts (local only).
-#[derive(RactorMessage)]
-pub enum VnodeMessage {
-    /// Apply a client write in the next group commit.
-    Write(WriteOp),
-    /// Merge a replica's object in the next group commit.
-    Merge(MergeOp),
-    /// Merge many objects, each with its encoding (an ownership transfer's chunk); answered
-    /// once all are durable.
-    Ingest(IngestChunk, oneshot::Sender<Result<(), KvError>>),
-    /// Commit every queued write now.
-    Drain,
-    /// Write the memtable to the vnode's file (in memory until the next checkpoint).
-    FlushMemtable,
-    /// Make every committed write durable in the vnode's own file (commit log checkpoint).
-    Flush(RpcReplyPort<Result<(), String>>),
-    /// Fail on purpose so the supervisor restarts this vnode (fault injection).
-    Crash,
-    /// Remove these tombstones, each only if its object still has the given digest; answers
-    /// how many were removed.
-    Reap(Vec<(Vec<u8>, u64)>, oneshot::Sender<u64>),
-}
 
 /// The vnode actor.
 #[derive(Debug, Default)]
@@ -431,55 +268,6 @@ fn enqueue(
     }
     Ok(())
 }
-
-/// Computes one write's new object; the error is the op's reply when it cannot apply.
-fn apply_op(
-    object: &mut Object,
-    op: &WriteOp,
-    node: &str,
-    dots: &DotSequence,
-    now: u64,
-    conflict: ConflictPolicy,
-) -> Result<CausalContext, KvError> {
-    if op.not_after_ms.is_some_and(|t| now > t) {
-        // Only after a stall: the client retried elsewhere, so applying it now could undo
-        // what the client did since.
-        tracing::info!("refused a write the client had given up on");
-        return Err(KvError::Timeout);
-    }
-    // Counters come from one node-wide sequence shared by every incarnation: a context naming
-    // one this node never issued, under any of its authors, is forged.
-    let base = node.rsplit_once('~').map_or(node, |(b, _)| b);
-    let ours = |a: &str| a == base || a.strip_prefix(base).is_some_and(|r| r.starts_with('~'));
-    if let Some(ctx) = &op.context
-        && ctx
-            .seen
-            .0
-            .keys()
-            .chain(ctx.dots.iter().map(|d| &d.node))
-            .filter(|a| ours(a))
-            .any(|a| ctx.max_counter(a) >= dots.issued_below())
-    {
-        return Err(KvError::BadContext(format!(
-            "it names writes node {base} never made"
-        )));
-    }
-    let floor = object
-        .next_counter_floor(node, op.context.as_ref())
-        .ok_or_else(|| KvError::BadContext("counter out of range".into()))?;
-    let counter = dots
-        .next_at_least(floor)
-        .map_err(|e| KvError::Storage(format!("dot sequence: {e}")))?;
-    Ok(object.update(
-        node,
-        counter,
-        op.context.as_ref(),
-        op.value.clone(),
-        now,
-        conflict,
-    ))
-}
-
 /// Applies every queued write in one in-memory transaction and hands the results to the log.
 fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     if state.pending.is_empty() {

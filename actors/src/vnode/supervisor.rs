@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use crate::actors::vnode::{UNUSABLE_FILE, Vnode, VnodeArgs, VnodeMessage};
 use crate::core::version::ConflictPolicy;
 use crate::partition_table::PartitionTable;
 use crate::protocol::VnodeHealth;
@@ -18,6 +17,7 @@ use crate::storage::commit_log::{CommitLog, LogDurability};
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
+use crate::vnode::{UNUSABLE_FILE, Vnode, VnodeArgs, VnodeMessage};
 
 /// Messages the vnode supervisor accepts (local only).
 #[derive(RactorMessage)]
