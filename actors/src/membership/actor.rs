@@ -18,9 +18,9 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
-use crate::actors::cluster::ClusterMessage;
 use crate::context::NodeContext;
 use crate::core::placement::{Change, Placement, PlanError, Stage, named};
+use crate::membership::links::ClusterMessage;
 use crate::membership::transfer::{self, TransferBoard};
 use crate::peer_link::PeerLink;
 use crate::protocol::{

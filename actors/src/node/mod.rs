@@ -1,11 +1,14 @@
-//! Starting and stopping a whole node from a process's `main`.
+//! Starting and stopping a whole node from a process's `main`; the node supervisor, which starts
+//! every other actor in order, lives in [`supervisor`].
+
+pub mod supervisor;
 
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::actors::node_supervisor::{NodeSupervisor, NodeSupervisorMessage};
+use crate::node::supervisor::{NodeSupervisor, NodeSupervisorMessage};
 use crate::settings::NodeSettings;
 
 /// A running node.

@@ -10,14 +10,14 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 
-use crate::actors::admin::{Admin, AdminArgs};
-use crate::actors::cluster::{Cluster, ClusterArgs, ClusterMessage};
-use crate::actors::replica::{Replica, ReplicaArgs};
-use crate::actors::router::Router;
 use crate::context::{NodeContext, RepairState, RequestPolicy, Transfers};
 use crate::core::placement::{MemberAddr, Placement};
 use crate::core::ring::Ring;
+use crate::gateway::admin::{Admin, AdminArgs};
+use crate::gateway::client::Router;
+use crate::gateway::peer::{Replica, ReplicaArgs};
 use crate::membership::actor::{Membership, MembershipArgs, MembershipMessage, NAME as MEMBERSHIP};
+use crate::membership::links::{Cluster, ClusterArgs, ClusterMessage};
 use crate::membership::ring_cell::RingCell;
 use crate::partition_table::PartitionTable;
 use crate::peer_link::PeerLink;
