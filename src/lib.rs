@@ -3,6 +3,7 @@
 //! This crate is the edge: the client SDK ([`Client`]), configuration loading, the local
 //! cluster launcher and the benchmark. What runs inside a node lives in `ringkv-actors`.
 
+pub mod autoscale;
 pub mod bench;
 pub mod client;
 pub mod config;
