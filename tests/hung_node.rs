@@ -153,6 +153,20 @@ async fn reads_keep_succeeding_while_a_resumed_node_reconnects() {
 /// Resumes a stopped process when dropped, so a failing test leaves no node stopped.
 struct Resume(u32);
 
+/// SIGSTOPs process `pid` and waits until it is stopped; it resumes when the guard drops.
+async fn hang(pid: u32) -> Resume {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let resume = Resume(pid);
+    wait_until(
+        "the node to be stopped",
+        Duration::from_secs(5),
+        move || async move { stopped(pid) },
+    )
+    .await;
+    resume
+}
+
 impl Drop for Resume {
     fn drop(&mut self) {
         // SAFETY: signalling our own child process.
@@ -164,15 +178,7 @@ impl Drop for Resume {
 async fn cli_commands_do_not_wait_for_a_hung_nodes_handshake() {
     let c = TestCluster::start_replicated("hc", 3, 3, "").await;
     let pid = c.pid(1);
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-    let _resume = Resume(pid);
-    wait_until(
-        "the node to be stopped",
-        Duration::from_secs(5),
-        move || async move { stopped(pid) },
-    )
-    .await;
+    let _resume = hang(pid).await;
     // Each command is a new process and so a new client: the stopped node accepts its TCP
     // connection (the kernel does) but never answers the handshake. The harness sets
     // connect_timeout_ms = 10000, the cost per command of waiting for it.
@@ -234,15 +240,7 @@ fn sockets_to(pid: u32, port: u16) -> usize {
 async fn a_client_keeps_one_connection_to_a_node_that_never_answers_its_handshake() {
     let c = TestCluster::start_replicated("hk", 3, 3, "").await;
     let pid = c.pid(1);
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-    let _resume = Resume(pid);
-    wait_until(
-        "the node to be stopped",
-        Duration::from_secs(5),
-        move || async move { stopped(pid) },
-    )
-    .await;
+    let _resume = hang(pid).await;
     // A long-lived client in a process of its own (this one has had sessions with the node
     // since before it stopped). Its requests whose first replica is the stopped node re-dial
     // it once a second; each dial replaces the last one's stalled handshake, not adds to it.
