@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// Runtime membership changes: ownership handoff throttle and limits.
     #[serde(default)]
     pub membership: MembershipSection,
+    /// Automatic scaling from traffic.
+    #[serde(default)]
+    pub autoscale: crate::autoscale::config::AutoscaleSection,
 }
 
 /// `[membership]`.
@@ -458,6 +461,7 @@ impl ClusterConfig {
                 self.members.len()
             )));
         }
+        self.autoscale.validate(c.replicas).map_err(bad)?;
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_pair_bytes <= l.max_key_bytes {
             return Err(bad(format!(

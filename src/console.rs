@@ -6,6 +6,7 @@
 //! 2 any error (one `error: ...` line on stderr).
 
 mod aae;
+mod autoscale;
 pub mod membership;
 mod views;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Stats,
     /// Each partition's merkle roots across its replicas.
     Aae,
+    /// The autoscaler: who decides, signals, decisions.
+    Autoscale,
     /// One anti-entropy round on each member in turn.
     AaeRun,
     /// Read a key.
@@ -50,13 +53,14 @@ pub enum Command {
 }
 
 #[rustfmt::skip]
-const HELP: [(&str, &str); 18] = [
+const HELP: [(&str, &str); 19] = [
     ("status", "each member: answers?, ring hash, ring agreement, durability, vnodes"),
     ("members", "every reachable node's up/down verdict on each member"),
     ("ring", "partition -> preference list, and vnodes per node"),
     ("stats", "each member's ops/s, p99 latency, vnodes, mailbox depth, in flight"),
     ("aae", "per partition: replicas' merkle roots, equal?, last exchange, keys repaired"),
     ("aae run", "run an anti-entropy round on each member in turn, and what it repaired"),
+    ("autoscale", "the autoscaler: who decides, each member's signals, recent decisions"),
     ("get KEY", "print every value of KEY (exit code 1 when absent)"),
     ("put KEY VALUE", "write VALUE (the rest of the line, spaces allowed) under KEY"),
     ("delete KEY", "delete KEY"),
@@ -92,6 +96,7 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
         "members" => bare(Command::Members),
         "ring" => bare(Command::Ring),
         "stats" => bare(Command::Stats),
+        "autoscale" => bare(Command::Autoscale),
         "aae" => match rest.to_ascii_lowercase().as_str() {
             "" => Ok(Command::Aae),
             "run" => Ok(Command::AaeRun),
@@ -226,6 +231,7 @@ async fn execute(client: &Client, cmd: &Command, json: bool) -> Result<Reply, St
         Command::Stats => views::stats(client, json).await,
         Command::Aae => aae::aae(client, json).await,
         Command::AaeRun => aae::aae_run(client, json).await,
+        Command::Autoscale => autoscale::autoscale(client, json).await,
         Command::Get(key) => {
             let r = client.get(key).await.map_err(|e| e.to_string())?;
             let values = r.values.iter();

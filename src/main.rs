@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ringkv::autoscale::service::AutoscaleSetup;
 use ringkv::bench::{self, BenchOptions, KeyDistribution, Workload};
 use ringkv::config::ClusterConfig;
 use ringkv::launcher::{self, UpOptions};
@@ -166,6 +167,10 @@ enum ClusterCmd {
         /// are kept).
         #[arg(long)]
         distinct_addrs: bool,
+        /// Turn the autoscaler on with the local provisioner: nodes are added under load and
+        /// drained and stopped when it passes (`[autoscale]` sets the targets and windows).
+        #[arg(long)]
+        autoscale: bool,
     },
     /// Show each launched node: id, address, pid, status.
     Status {
@@ -221,11 +226,16 @@ fn main() -> ExitCode {
     if let Cmd::Node { node, addr, join } = &cli.command {
         init_tracing("info,ractor_cluster=error,ractor=warn");
         // The node's settings come first: they choose how many worker threads its runtime gets.
-        let (settings, workers) = match ClusterConfig::load(&cli.config).and_then(|c| {
-            Ok((
-                c.node_settings_for(node, *addr, *join)?,
-                c.node.worker_threads,
-            ))
+        let (settings, workers, autoscale) = match ClusterConfig::load(&cli.config).and_then(|c| {
+            let settings = c.node_settings_for(node, *addr, *join)?;
+            let autoscale = AutoscaleSetup {
+                node_id: node.clone(),
+                addr: settings.addr,
+                section: c.autoscale.clone(),
+                config_path: cli.config.clone(),
+                data_dir: c.cluster.data_dir.clone(),
+            };
+            Ok((settings, c.node.worker_threads, autoscale))
         }) {
             Ok(s) => s,
             Err(e) => return fail(e),
@@ -235,7 +245,7 @@ fn main() -> ExitCode {
             rt.worker_threads(workers);
         }
         return match rt.enable_all().build() {
-            Ok(rt) => rt.block_on(run_node(node, settings)),
+            Ok(rt) => rt.block_on(run_node(node, settings, autoscale)),
             Err(e) => fail(format!("cannot start the runtime: {e}")),
         };
     }
@@ -269,12 +279,19 @@ async fn run_command(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run_node(node: &str, settings: ringkv_actors::settings::NodeSettings) -> ExitCode {
+async fn run_node(
+    node: &str,
+    settings: ringkv_actors::settings::NodeSettings,
+    autoscale: AutoscaleSetup,
+) -> ExitCode {
     let addr = settings.addr;
     let mut running = match Node::start(settings).await {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
+    if let Err(e) = ringkv::autoscale::service::start(autoscale).await {
+        return fail(e);
+    }
     println!("ringkv node {node} listening on {addr}");
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -310,6 +327,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
             base_port,
             detach,
             distinct_addrs,
+            autoscale,
         } => {
             let opts = UpOptions {
                 config: config.to_path_buf(),
@@ -318,6 +336,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 base_port,
                 detach,
                 distinct_addrs,
+                autoscale,
             };
             match launcher::up(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -147,6 +147,7 @@ pub async fn get(
         return answer(Err(e));
     }
     if ctx.overloaded() {
+        ctx.stats.refused();
         return answer(Err(KvError::Overloaded));
     }
     let request = ctx.stats.start();
@@ -382,6 +383,7 @@ pub async fn put(
         .map(|c| decode_context(c))
         .transpose()?;
     if ctx.overloaded() {
+        ctx.stats.refused();
         return Err(KvError::Overloaded);
     }
     let _req = ctx.stats.start();

@@ -18,6 +18,8 @@ struct Windows {
 pub struct RequestStats {
     windows: Mutex<Windows>,
     in_flight: AtomicU64,
+    /// Requests refused as `Overloaded` since the node started.
+    refused: AtomicU64,
     /// p99 of the last complete window, µs, for callers on the hot path.
     last_p99_us: AtomicU64,
 }
@@ -37,6 +39,7 @@ impl Default for RequestStats {
                 last: None,
             }),
             in_flight: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             last_p99_us: AtomicU64::new(0),
         }
     }
@@ -71,6 +74,16 @@ impl RequestStats {
     /// p99 latency of the last complete window (zero before the first), without locking.
     pub fn recent_p99(&self) -> Duration {
         Duration::from_micros(self.last_p99_us.load(Ordering::Relaxed))
+    }
+
+    /// Counts one request refused as `Overloaded` before it was coordinated.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused as `Overloaded` since the node started.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Requests being coordinated now.

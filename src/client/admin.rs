@@ -7,8 +7,8 @@ use ractor::ActorRef;
 use ractor::RpcReplyPort;
 use ractor::rpc::CallResult;
 use ringkv_actors::protocol::{
-    AaeRound, AaeView, AdminMessage, CrashVnodeRequest, MemberView, NodeStats, NodeStatus,
-    PingRequest, RingView, Wire, admin_group,
+    AaeRound, AaeView, AdminMessage, AutoscaleMessage, AutoscaleView, CrashVnodeRequest,
+    MemberView, NodeStats, NodeStatus, PingRequest, RingView, Wire, admin_group, autoscale_group,
 };
 
 use super::{Client, KvError};
@@ -68,6 +68,35 @@ impl Client {
         match admin
             .call(
                 |p| AdminMessage::AaeRun(Wire::new(PingRequest {}), p),
+                Some(timeout),
+            )
+            .await
+        {
+            Ok(CallResult::Success(Wire(Ok(v)))) => Ok(v),
+            Ok(CallResult::Timeout) => Err(KvError::Timeout),
+            _ => Err(KvError::NotConnected(format!("node {node} did not answer"))),
+        }
+    }
+
+    /// A node's autoscaler: whether it is on and decides, the signals it read, its decisions.
+    pub async fn autoscale(&self, node: &str) -> Result<AutoscaleView, KvError> {
+        let timeout = self.timeout(None);
+        self.wait_visible(node, Instant::now() + timeout, |n| {
+            !ractor::pg::get_members(&autoscale_group(n)).is_empty()
+        })
+        .await;
+        let Some(cell) = ractor::pg::get_members(&autoscale_group(node))
+            .into_iter()
+            .next()
+        else {
+            return Err(KvError::NotConnected(format!(
+                "node {node} runs no autoscaler (an older ringkv, or not reachable)"
+            )));
+        };
+        let a: ActorRef<AutoscaleMessage> = cell.into();
+        match a
+            .call(
+                |p| AutoscaleMessage::Status(Wire::new(PingRequest {}), p),
                 Some(timeout),
             )
             .await

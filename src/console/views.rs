@@ -270,7 +270,8 @@ pub(super) async fn stats(client: &Client, json: bool) -> Result<Reply, String> 
     if json {
         return nodes_json(&answers, "node", |s| json!(s));
     }
-    let mut rows = header("NODE|OPS/S|P99 MS|VNODES|MAILBOX|IN FLIGHT");
+    let mut rows =
+        header("NODE|OPS/S|P99 MS|VNODES|MAILBOX|IN FLIGHT|CPU %|MEM %|DISK %|REFUSED/S");
     for (id, answer) in &answers {
         rows.push(match answer {
             Ok(s) => vec![
@@ -280,6 +281,10 @@ pub(super) async fn stats(client: &Client, json: bool) -> Result<Reply, String> 
                 s.vnodes.to_string(),
                 s.mailbox_depth.to_string(),
                 s.in_flight.to_string(),
+                format!("{:.0}", s.cpu_pct),
+                format!("{:.1}", s.mem_pct),
+                format!("{:.0}", s.disk_pct),
+                format!("{:.1}", s.overloaded_per_sec),
             ],
             Err(e) => down_row(id, e),
         });

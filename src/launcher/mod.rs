@@ -36,6 +36,8 @@ pub struct UpOptions {
     pub distinct_addrs: bool,
     /// Return once every node is ready, leaving them running.
     pub detach: bool,
+    /// Turn `[autoscale]` on with the local provisioner, whatever the file says.
+    pub autoscale: bool,
 }
 
 /// One launched node, as recorded in `launcher.json`.
@@ -62,11 +64,15 @@ pub struct LauncherState {
     pub nodes: Vec<LaunchedNode>,
 }
 
-fn write_state(dir: &Path, state: &LauncherState) -> Result<(), String> {
+/// Writes `DIR/launcher.json`.
+pub fn write_state(dir: &Path, state: &LauncherState) -> Result<(), String> {
+    // Through a rename, so a reader in another process never sees half a file.
+    let tmp = dir.join(format!("launcher.json.{}", std::process::id()));
     std::fs::write(
-        state_path(dir),
+        &tmp,
         serde_json::to_string_pretty(state).expect("state serializes"),
     )
+    .and_then(|()| std::fs::rename(&tmp, state_path(dir)))
     .map_err(|e| format!("cannot write launcher state: {e}"))
 }
 
@@ -152,6 +158,11 @@ fn effective_config(opts: &UpOptions) -> Result<ClusterConfig, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     cfg.cluster.data_dir =
         std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if opts.autoscale {
+        cfg.autoscale.enabled = true;
+        cfg.autoscale.provisioner = "local".into();
+        cfg.autoscale.local.dir = cfg.cluster.data_dir.clone();
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
 }
@@ -250,9 +261,14 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
     println!("  Ctrl-C stops the cluster");
     let _ = std::io::stdout().flush();
     wait_for_stop(&mut children).await;
-    println!("ringkv: stopping {} node(s)", launched.len());
+    // Nodes added since (`cluster add`, the autoscaler) are in the state file, not `launched`.
+    let all = read_state(&dir).map_or(launched, |s| s.nodes);
+    println!("ringkv: stopping {} node(s)", all.len());
     stop_pids(
-        launched.iter().map(|n| n.pid).collect(),
+        all.iter()
+            .map(|n| n.pid)
+            .filter(|&p| pid_alive(p))
+            .collect(),
         Duration::from_secs(30),
     );
     reap(&mut children);
@@ -261,7 +277,9 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn spawn_node(
+/// Starts one `ringkv node` process for `id`; `detach` puts it in its own session, logging
+/// to `log` only.
+pub fn spawn_node(
     exe: &Path,
     config: &Path,
     id: &str,
@@ -399,7 +417,7 @@ fn reap(children: &mut [Child]) {
 }
 
 /// Sends SIGTERM, waits up to `grace` for each process to exit, then SIGKILLs what remains.
-fn stop_pids(pids: Vec<u32>, grace: Duration) -> Vec<(u32, bool)> {
+pub fn stop_pids(pids: Vec<u32>, grace: Duration) -> Vec<(u32, bool)> {
     for &p in &pids {
         signal(p, libc::SIGTERM);
     }
@@ -536,6 +554,7 @@ mod tests {
             base_port: None,
             detach: true,
             distinct_addrs,
+            autoscale: false,
         }
     }
 

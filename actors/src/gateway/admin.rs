@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::context::NodeContext;
 use crate::membership::actor::{MembershipMessage, NAME};
+use crate::node::resources::ResourceSampler;
 use crate::protocol::{
     AaePartition, AaeView, AdminMessage, KvError, NodeStats, NodeStatus, RingView, VnodeHealth,
     Wire,
@@ -27,6 +28,8 @@ pub struct AdminArgs {
     pub ctx: Arc<NodeContext>,
     /// `sync` or `buffered`.
     pub durability: String,
+    /// Reads the process's CPU, memory and disk use for `Stats`.
+    pub resources: ResourceSampler,
 }
 
 impl Actor for Admin {
@@ -154,6 +157,7 @@ impl Actor for Admin {
                     .iter()
                     .filter(|v| v.health == VnodeHealth::Serving)
                     .count();
+                let usage = state.resources.sample(ctx.stats.refused_total());
                 let _ = reply.send(Wire::new(NodeStats {
                     node: ctx.node_id.clone(),
                     ops_per_sec,
@@ -161,6 +165,10 @@ impl Actor for Admin {
                     vnodes,
                     mailbox_depth: ctx.table.mailbox_depth(),
                     in_flight: ctx.stats.in_flight(),
+                    cpu_pct: usage.cpu_pct,
+                    mem_pct: usage.mem_pct,
+                    disk_pct: usage.disk_pct,
+                    overloaded_per_sec: usage.refused_per_sec,
                 }));
             }
             AdminMessage::CrashVnode(Wire(request), reply) => {

@@ -1,6 +1,7 @@
 //! Starting and stopping a whole node from a process's `main`; the node supervisor, which starts
 //! every other actor in order, lives in [`supervisor`].
 
+pub mod resources;
 pub mod supervisor;
 
 use std::time::Duration;

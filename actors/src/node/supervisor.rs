@@ -247,6 +247,7 @@ impl Actor for NodeSupervisor {
                 LogDurability::Sync => "sync".into(),
                 LogDurability::Buffered(_) => "buffered".into(),
             },
+            resources: crate::node::resources::ResourceSampler::new(&settings.node_dir),
         };
         let (admin, _) = Actor::spawn_linked(None, Admin, admin_args, myself.get_cell()).await?;
         let handoff_args = HandoffArgs {

@@ -476,6 +476,8 @@ pub enum VnodeHealth {
     Failed,
 }
 
+pub mod autoscale;
+pub use autoscale::{AutoscaleMessage, AutoscaleView, DecisionView, SignalsView, autoscale_group};
 pub mod membership;
 pub use membership::{
     ChunkRequest, MembershipRequest, MembershipView, MoveView, TransferChunk, TransferReport,
@@ -566,6 +568,18 @@ pub struct NodeStats {
     pub mailbox_depth: u64,
     /// Requests being coordinated now.
     pub in_flight: u64,
+    /// CPU use of the node's process, percent of the cores it may use.
+    #[serde(default)]
+    pub cpu_pct: f64,
+    /// Resident memory, percent of the memory limit.
+    #[serde(default)]
+    pub mem_pct: f64,
+    /// Used space of the data folder's file system, percent.
+    #[serde(default)]
+    pub disk_pct: f64,
+    /// Requests refused as `Overloaded` per second.
+    #[serde(default)]
+    pub overloaded_per_sec: f64,
 }
 
 /// One vnode's line in [`NodeStatus`].
