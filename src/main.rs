@@ -285,6 +285,12 @@ async fn run_node(
     autoscale: AutoscaleSetup,
 ) -> ExitCode {
     let addr = settings.addr;
+    // A provisioner that cannot be built stops the node before it serves.
+    if autoscale.section.enabled
+        && let Err(e) = ringkv::autoscale::service::provisioner(&autoscale)
+    {
+        return fail(e);
+    }
     let mut running = match Node::start(settings).await {
         Ok(n) => n,
         Err(e) => return fail(e),

@@ -52,6 +52,23 @@ fn each_mistake_is_named() {
             "durability must be sync or buffered, got 'sometimes'",
         ),
         (
+            format!("{BASE}\n[autoscale]\nenabled = true\nmin_nodes = 0\n"),
+            "n1",
+            "autoscale.min_nodes = 0 is below the 1 replicas of every key",
+        ),
+        (
+            format!("{BASE}\n[autoscale]\nenabled = true\nprovisioner = \"command\"\n"),
+            "n1",
+            "needs autoscale.command.provision",
+        ),
+        (
+            format!(
+                "{BASE}\n[autoscale]\nenabled = true\nprovisioner = \"kubernetes\"\n\n[autoscale.kubernetes]\napi_url = \"https://10.0.0.1\"\n"
+            ),
+            "n1",
+            "kubectl proxy",
+        ),
+        (
             format!("{BASE}\n[storage]\ndurabilty = \"sync\"\n"),
             "n1",
             "unknown field `durabilty`",

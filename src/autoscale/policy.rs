@@ -3,7 +3,9 @@
 //!
 //! The desired size follows the ratio of load to target (the largest over the enabled signals,
 //! of the smoothed cluster mean), like Kubernetes' HPA: `ceil(members × ratio)`, unchanged
-//! while the ratio is within the tolerance band around 1. A scale-out needs the desire to grow
+//! while the ratio is within the tolerance band around 1. Shrinking sizes to the band's bottom
+//! edge instead, `ceil(members × ratio / (1 − tolerance))`, so the load after a scale-in is still
+//! below the band and does not ask for the node back. A scale-out needs the desire to grow
 //! held for `scale_out_after_ms`, a scale-in the desire to shrink held for `scale_in_after_ms`
 //! (and sizes to the largest desire seen over that window), and neither acts within
 //! `cooldown_ms` of the last action. Each action moves one node, since membership changes run
@@ -154,10 +156,15 @@ impl Policy {
         };
         self.smoothed = Some(s.clone());
         let ratio = ratio(&s, &c.targets);
-        let raw = if (ratio - 1.0).abs() <= c.tolerance {
+        let tol = c.tolerance.clamp(0.0, 0.99);
+        let raw = if (ratio - 1.0).abs() <= tol {
             members
-        } else {
+        } else if ratio > 1.0 {
             (members as f64 * ratio).ceil() as usize
+        } else {
+            // Shrink only to a size whose load stays below the band: sized to the band's
+            // bottom edge, one node fewer would otherwise land right back above it.
+            (members as f64 * ratio / (1.0 - tol)).ceil() as usize
         };
         let desired = clamp(raw.max(1));
         let cooling = self
@@ -368,6 +375,25 @@ mod tests {
                 Action::ScaleIn
             );
         }
+    }
+
+    #[test]
+    fn scale_in_stops_where_one_node_fewer_would_ask_for_it_back() {
+        // 5 nodes at 0.8x the target: 4 would carry 1.0x, inside the band's top, so 5 stay;
+        // at 0.6x, 4 carry 0.75x and one goes.
+        let view = ClusterView { members: 5, ..CALM };
+        let mut p = Policy::new(config());
+        for s in 0..400u64 {
+            let d = p.observe(s * 1000, &cpu(48.0, 5), view);
+            assert_eq!(d.desired, 5, "at {s} s: {d:?}");
+            assert_eq!(d.action, Action::Hold);
+        }
+        let mut p = Policy::new(config());
+        let d = (0..400u64)
+            .map(|s| p.observe(s * 1000, &cpu(36.0, 5), view))
+            .find(|d| d.action == Action::ScaleIn)
+            .expect("scales in");
+        assert_eq!(d.desired, 4);
     }
 
     #[test]

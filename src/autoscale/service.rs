@@ -160,8 +160,23 @@ fn record(view: &mut AutoscaleView, members: usize, d: &Decision, action: Action
     {
         return None;
     }
+    let signals: Vec<String> = view
+        .signals
+        .iter()
+        .map(|s| {
+            if s.answered {
+                format!(
+                    "{} cpu {:.0}% mem {:.1}% disk {:.0}% ops {:.0}/s refused {:.1}/s",
+                    s.node, s.cpu_pct, s.mem_pct, s.disk_pct, s.ops_per_sec, s.overloaded_per_sec
+                )
+            } else {
+                format!("{} no answer", s.node)
+            }
+        })
+        .collect();
     tracing::info!(
         members,
+        signals = signals.join("; "),
         desired = d.desired,
         ratio = format!("{:.2}", d.ratio),
         action = name,

@@ -48,12 +48,14 @@ impl Local {
 
 fn start(dir: &std::path::Path, req: &ProvisionRequest) -> Result<NodeSpec, String> {
     let mut state = launcher::read_state(dir)?;
-    let ids: Vec<String> = state.nodes.iter().map(|n| n.id.clone()).collect();
-    let id = if ids.contains(&req.id) {
-        super::next_id(&ids)
-    } else {
-        req.id.clone()
-    };
+    // A folder left by a node that was removed holds its old ring and files: a new node
+    // starts clean under an id never used here.
+    let mut ids: Vec<String> = state.nodes.iter().map(|n| n.id.clone()).collect();
+    let mut id = req.id.clone();
+    while ids.contains(&id) || dir.join(&id).exists() {
+        ids.push(id);
+        id = super::next_id(&ids);
+    }
     let seed: SocketAddr = req
         .seed
         .parse()
