@@ -39,6 +39,8 @@ pub struct NodeSettings {
     pub addr: SocketAddr,
     /// A member to join the cluster through, for a node that is not in the placement yet.
     pub join: Option<SocketAddr>,
+    /// The Redis-protocol listener, when on.
+    pub resp: Option<crate::gateway::resp::RespSettings>,
     /// How ownership transfers run: throttle, concurrency, chunk sizes.
     pub transfer: crate::membership::transfer::TransferSettings,
     /// Shared secret peers and clients authenticate with.

@@ -13,6 +13,8 @@ use ringkv_actors::settings::{Member, NodeSettings, RepairSettings, RestartBudge
 use ringkv_actors::storage::commit_log::LogDurability;
 use serde::{Deserialize, Serialize};
 
+pub mod resp;
+
 /// A configuration problem, phrased as what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -57,6 +59,9 @@ pub struct ClusterConfig {
     /// Automatic scaling from traffic.
     #[serde(default)]
     pub autoscale: crate::autoscale::config::AutoscaleSection,
+    /// The Redis-protocol listener.
+    #[serde(default)]
+    pub resp: resp::RespSection,
 }
 
 /// `[membership]`.
@@ -462,6 +467,7 @@ impl ClusterConfig {
             )));
         }
         self.autoscale.validate(c.replicas).map_err(bad)?;
+        self.resp.validate().map_err(bad)?;
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_pair_bytes <= l.max_key_bytes {
             return Err(bad(format!(
@@ -569,6 +575,7 @@ impl ClusterConfig {
             members: self.member_addrs(),
             addr,
             join,
+            resp: self.resp.settings_for(addr).map_err(bad)?,
             transfer: TransferSettings {
                 bytes_per_sec: (m.handoff_mb_per_sec * 1e6) as u64,
                 max_inbound: m.max_inbound_per_node,

@@ -239,8 +239,14 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         dir.display()
     );
     for n in &launched {
+        let resp = n
+            .addr
+            .parse()
+            .ok()
+            .and_then(|a| cfg.resp.addr_for(a).ok().flatten())
+            .map_or(String::new(), |r| format!("  redis {r}"));
         println!(
-            "  {}  {}  pid {}  log {}",
+            "  {}  {}{resp}  pid {}  log {}",
             n.id,
             n.addr,
             n.pid,
@@ -251,6 +257,13 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         "  try: ringkv --config {} put hello world",
         config_path.display()
     );
+    if let Some(r) = launched
+        .first()
+        .and_then(|n| n.addr.parse().ok())
+        .and_then(|a| cfg.resp.addr_for(a).ok().flatten())
+    {
+        println!("   or: redis-cli -p {} set hello world", r.port());
+    }
     if opts.detach {
         println!(
             "  stop with: ringkv cluster down --data-dir {}",

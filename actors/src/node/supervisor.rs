@@ -60,6 +60,8 @@ pub struct NodeSupervisorState {
     server: ActorRef<NodeServerMessage>,
     /// Accepts connections on the member address; `None` once shutting down.
     accept: Option<crate::transport::Accepting>,
+    /// The Redis-protocol listener, when on; aborted at shutdown.
+    resp: Option<tokio::task::JoinHandle<()>>,
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
@@ -310,9 +312,22 @@ impl Actor for NodeSupervisor {
         )
         .await?;
 
+        let resp = match &settings.resp {
+            Some(r) => {
+                let listener = crate::gateway::resp::bind(r).await?;
+                tracing::info!(addr = %r.addr, "listening for Redis clients (RESP)");
+                Some(tokio::spawn(crate::gateway::resp::serve(
+                    listener,
+                    ctx.clone(),
+                    r.clone(),
+                )))
+            }
+            None => None,
+        };
         let mut state = NodeSupervisorState {
             settings,
             ctx,
+            resp,
             table,
             log,
             log_thread: Some(log_thread),
@@ -357,6 +372,9 @@ impl Actor for NodeSupervisor {
                 state.stopping = true;
                 tracing::info!("shutting down");
                 state.accept = None;
+                if let Some(r) = state.resp.take() {
+                    r.abort();
+                }
                 state.membership.stop(None);
                 state.cluster.stop(None);
                 state.handoff.stop(None);

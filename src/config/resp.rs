@@ -1,0 +1,78 @@
+//! `[resp]`: the Redis-protocol listener every node can run beside its member address.
+
+use std::net::SocketAddr;
+
+use ringkv_actors::gateway::resp::{RespSettings, SiblingReply};
+use serde::{Deserialize, Serialize};
+
+/// `[resp]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RespSection {
+    /// Listen for Redis clients.
+    pub enabled: bool,
+    /// The RESP port is the node's member port plus this (same IP): 7401 → 8401.
+    pub port_offset: u16,
+    /// Connections served at once per node.
+    pub max_connections: usize,
+    /// What plain `GET` answers for a key with siblings: `pick` (the greatest value, the same
+    /// on every node) or `error`.
+    pub siblings: String,
+}
+
+impl Default for RespSection {
+    fn default() -> Self {
+        RespSection {
+            enabled: false,
+            port_offset: 1000,
+            max_connections: 1024,
+            siblings: "pick".into(),
+        }
+    }
+}
+
+impl RespSection {
+    /// Checks the section; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !["pick", "error"].contains(&self.siblings.as_str()) {
+            return Err(format!(
+                "resp.siblings = \"{}\": use pick or error",
+                self.siblings
+            ));
+        }
+        if self.enabled && self.port_offset == 0 {
+            return Err("resp.port_offset must not be 0: the member port is taken".into());
+        }
+        if self.max_connections == 0 {
+            return Err("resp.max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The RESP address of a node listening on `member`, when enabled.
+    pub fn addr_for(&self, member: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let port = member.port().checked_add(self.port_offset).ok_or_else(|| {
+            format!(
+                "resp.port_offset {} puts the RESP port of {member} past 65535",
+                self.port_offset
+            )
+        })?;
+        Ok(Some(SocketAddr::new(member.ip(), port)))
+    }
+
+    /// A node's listener settings, when enabled.
+    pub fn settings_for(&self, member: SocketAddr) -> Result<Option<RespSettings>, String> {
+        Ok(self.addr_for(member)?.map(|addr| RespSettings {
+            addr,
+            max_connections: self.max_connections,
+            siblings: if self.siblings == "error" {
+                SiblingReply::Error
+            } else {
+                SiblingReply::Pick
+            },
+        }))
+    }
+}
