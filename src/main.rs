@@ -114,6 +114,10 @@ enum Cmd {
         /// Skip loading the keys before a read or mixed run (a previous run loaded them)
         #[arg(long)]
         no_load: bool,
+        /// Drive a Redis-protocol server instead of the cluster through the SDK:
+        /// resp://HOST:PORT (a ringkv node's Redis port, or a redis-server).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Interactive admin console (status, members, ring, stats, aae, get/put/delete).
     Console {
@@ -422,6 +426,16 @@ async fn connect(config: &Path) -> Result<Client, KvError> {
 }
 
 async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
+    if let Cmd::Bench {
+        target: Some(t), ..
+    } = &cmd
+    {
+        let addr = match bench::resp::parse_target(t) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        return run_bench(bench::Target::Resp(addr), cmd).await;
+    }
     let client = match connect(config).await {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -495,39 +509,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
                 }
             }
         }
-        Cmd::Bench {
-            workload,
-            keys,
-            value_size,
-            concurrency,
-            duration,
-            distribution,
-            json,
-            progress,
-            no_load,
-        } => {
-            let opts = BenchOptions {
-                workload,
-                keys,
-                value_size,
-                concurrency,
-                duration: Duration::from_secs(duration),
-                distribution,
-                progress,
-                load: !no_load,
-            };
-            match bench::run(&client, &opts).await {
-                Ok(report) if json => {
-                    println!("{}", serde_json::to_string(&report).unwrap());
-                    ExitCode::SUCCESS
-                }
-                Ok(report) => {
-                    println!("{}", report.render());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
+        cmd @ Cmd::Bench { .. } => run_bench(bench::Target::Sdk(client), cmd).await,
         Cmd::Node { .. } | Cmd::Cluster { .. } | Cmd::Console { .. } => {
             unreachable!("handled in main")
         }
@@ -542,6 +524,45 @@ fn written(result: Result<Context, KvError>, json: bool) -> ExitCode {
             } else {
                 println!("OK");
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn run_bench(target: bench::Target, cmd: Cmd) -> ExitCode {
+    let Cmd::Bench {
+        workload,
+        keys,
+        value_size,
+        concurrency,
+        duration,
+        distribution,
+        json,
+        progress,
+        no_load,
+        ..
+    } = cmd
+    else {
+        unreachable!("only bench commands come here")
+    };
+    let opts = BenchOptions {
+        workload,
+        keys,
+        value_size,
+        concurrency,
+        duration: Duration::from_secs(duration),
+        distribution,
+        progress,
+        load: !no_load,
+    };
+    match bench::run_on(&target, &opts).await {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string(&report).unwrap());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}", report.render());
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

@@ -40,6 +40,8 @@ pub struct NodeContext {
     pub policy: RequestPolicy,
     /// Client request figures.
     pub stats: RequestStats,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Hinted handoff, anti-entropy and reaping.
     pub repair: RepairState,
     /// Ownership transfers, in and out.
@@ -103,6 +105,8 @@ pub struct Transfers {
     pub outbound: Outbound,
     /// Progress of the transfers this node streams in.
     pub board: Arc<TransferBoard>,
+    /// Bytes streamed in since the node started.
+    pub received_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Transfers {
@@ -112,6 +116,7 @@ impl Transfers {
             settings,
             outbound: Outbound::default(),
             board: Arc::default(),
+            received_bytes: Default::default(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod core;
 pub mod gateway;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod partition_table;
 pub mod peer_link;

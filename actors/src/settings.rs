@@ -41,6 +41,8 @@ pub struct NodeSettings {
     pub join: Option<SocketAddr>,
     /// The Redis-protocol listener, when on.
     pub resp: Option<crate::gateway::resp::RespSettings>,
+    /// Where `GET /metrics` is served, when on.
+    pub metrics: Option<SocketAddr>,
     /// How ownership transfers run: throttle, concurrency, chunk sizes.
     pub transfer: crate::membership::transfer::TransferSettings,
     /// Shared secret peers and clients authenticate with.

@@ -13,6 +13,7 @@ use ringkv_actors::settings::{Member, NodeSettings, RepairSettings, RestartBudge
 use ringkv_actors::storage::commit_log::LogDurability;
 use serde::{Deserialize, Serialize};
 
+pub mod metrics;
 pub mod resp;
 
 /// A configuration problem, phrased as what to fix.
@@ -62,6 +63,9 @@ pub struct ClusterConfig {
     /// The Redis-protocol listener.
     #[serde(default)]
     pub resp: resp::RespSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: metrics::MetricsSection,
 }
 
 /// `[membership]`.
@@ -576,6 +580,7 @@ impl ClusterConfig {
             addr,
             join,
             resp: self.resp.settings_for(addr).map_err(bad)?,
+            metrics: self.metrics.addr_for(addr).map_err(bad)?,
             transfer: TransferSettings {
                 bytes_per_sec: (m.handoff_mb_per_sec * 1e6) as u64,
                 max_inbound: m.max_inbound_per_node,

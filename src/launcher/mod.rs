@@ -245,8 +245,14 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
             .ok()
             .and_then(|a| cfg.resp.addr_for(a).ok().flatten())
             .map_or(String::new(), |r| format!("  redis {r}"));
+        let metrics = n
+            .addr
+            .parse()
+            .ok()
+            .and_then(|a| cfg.metrics.addr_for(a).ok().flatten())
+            .map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
         println!(
-            "  {}  {}{resp}  pid {}  log {}",
+            "  {}  {}{resp}{metrics}  pid {}  log {}",
             n.id,
             n.addr,
             n.pid,

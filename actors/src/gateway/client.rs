@@ -11,7 +11,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::context::NodeContext;
 use crate::coordinator;
+use crate::metrics::Op;
 use crate::protocol::{GetReply, GetRequest, KvError, PingReply, RouterMessage, Wire};
+use std::time::Instant;
 
 /// The router actor.
 #[derive(Debug, Default)]
@@ -47,11 +49,17 @@ impl Actor for Router {
                     let _ = reply.send(Wire::new(Err(bad_frame("get", e))));
                 }
                 Ok(req) => {
+                    let started = Instant::now();
                     if let Some(result) = local_read(ctx, &req) {
+                        ctx.metrics
+                            .request(Op::Get, result.as_ref().err(), started.elapsed());
                         let _ = reply.send(Wire::new(result));
                     } else {
-                        let ctx = ctx.clone();
+                        let (ctx, counted) = (ctx.clone(), ctx.clone());
                         tokio::spawn(coordinator::get_fenced(ctx, req, move |r| {
+                            counted
+                                .metrics
+                                .request(Op::Get, r.as_ref().err(), started.elapsed());
                             let _ = reply.send(Wire::new(r));
                         }));
                     }
@@ -64,7 +72,9 @@ impl Actor for Router {
                 Ok(req) => {
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let r = coordinator::put(ctx, req, true).await;
+                        let (started, op) = (Instant::now(), Op::of(&req));
+                        let r = coordinator::put(ctx.clone(), req, true).await;
+                        ctx.metrics.request(op, r.as_ref().err(), started.elapsed());
                         let _ = reply.send(Wire::new(r));
                     });
                 }

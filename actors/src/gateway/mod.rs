@@ -5,5 +5,6 @@
 
 pub mod admin;
 pub mod client;
+pub mod metrics;
 pub mod peer;
 pub mod resp;

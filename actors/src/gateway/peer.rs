@@ -56,6 +56,7 @@ impl Actor for Replica {
         state: &mut ReplicaArgs,
     ) -> Result<(), ActorProcessingErr> {
         let ctx = state.ctx.clone();
+        ctx.metrics.replica(kind(&message));
         match message {
             ReplicaMessage::Heartbeat(Wire(beat), reply) => {
                 let placement = ctx.ring.load();
@@ -322,4 +323,22 @@ async fn apply_writes(
         results[i] = r;
     }
     results
+}
+
+/// The `kind` label of a replica message in `ringkv_replica_messages_received_total`.
+fn kind(m: &ReplicaMessage) -> &'static str {
+    match m {
+        ReplicaMessage::ReadAsk(..) | ReplicaMessage::ReadAnswer(..) => "read",
+        ReplicaMessage::WriteAsk(..) | ReplicaMessage::WriteAnswer(..) => "write",
+        ReplicaMessage::Coordinate(..) => "coordinate",
+        ReplicaMessage::Heartbeat(..) => "heartbeat",
+        ReplicaMessage::AaeTree(..) | ReplicaMessage::AaeKeys(..) | ReplicaMessage::Reap(..) => {
+            "anti_entropy"
+        }
+        ReplicaMessage::HintsFor(..) => "hints",
+        ReplicaMessage::FetchPlacement(..)
+        | ReplicaMessage::StorePlacement(..)
+        | ReplicaMessage::AdoptPlacement(..) => "placement",
+        ReplicaMessage::TransferChunk(..) | ReplicaMessage::TransferDone(..) => "transfer",
+    }
 }

@@ -311,6 +311,9 @@ pub async fn run(
         let t = Instant::now();
         cursor.keys += n;
         cursor.bytes += bytes;
+        ctx.transfers
+            .received_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         cursor.total_keys = chunk.total_keys;
         let (dir2, c2) = (dir.clone(), cursor.clone());
         tokio::task::spawn_blocking(move || save_cursor(&dir2, partition, &c2, false))

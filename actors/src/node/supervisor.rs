@@ -62,6 +62,8 @@ pub struct NodeSupervisorState {
     accept: Option<crate::transport::Accepting>,
     /// The Redis-protocol listener, when on; aborted at shutdown.
     resp: Option<tokio::task::JoinHandle<()>>,
+    /// The metrics listener, when on; aborted at shutdown.
+    metrics: Option<tokio::task::JoinHandle<()>>,
     admin: ActorRef<crate::protocol::AdminMessage>,
     replica: ActorRef<ReplicaMessage>,
     cluster: ActorRef<ClusterMessage>,
@@ -231,6 +233,7 @@ impl Actor for NodeSupervisor {
                 sloppy_quorum: settings.repair.sloppy_quorum,
             },
             stats: RequestStats::default(),
+            metrics: Default::default(),
             repair: RepairState::new(settings.repair),
             transfers: Transfers::new(settings.transfer),
         });
@@ -324,10 +327,24 @@ impl Actor for NodeSupervisor {
             }
             None => None,
         };
+        let metrics = match settings.metrics {
+            Some(addr) => {
+                let listener = crate::gateway::metrics::bind(addr).await?;
+                tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                Some(tokio::spawn(crate::gateway::metrics::serve(
+                    listener,
+                    ctx.clone(),
+                    log.clone(),
+                    settings.node_dir.clone(),
+                )))
+            }
+            None => None,
+        };
         let mut state = NodeSupervisorState {
             settings,
             ctx,
             resp,
+            metrics,
             table,
             log,
             log_thread: Some(log_thread),
@@ -372,8 +389,11 @@ impl Actor for NodeSupervisor {
                 state.stopping = true;
                 tracing::info!("shutting down");
                 state.accept = None;
-                if let Some(r) = state.resp.take() {
-                    r.abort();
+                for task in [state.resp.take(), state.metrics.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    task.abort();
                 }
                 state.membership.stop(None);
                 state.cluster.stop(None);

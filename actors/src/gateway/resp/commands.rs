@@ -14,6 +14,7 @@ use super::frame::{Protocol, Reply, eq_ignore_case};
 use crate::context::NodeContext;
 use crate::coordinator;
 use crate::core::quorum::Consistency;
+use crate::metrics::Op;
 use crate::protocol::{GetReply, GetRequest, KvError, PutRequest};
 
 /// The Redis version reported to clients; libraries gate features on it, and ringkv speaks the
@@ -341,12 +342,16 @@ impl Session {
 
     async fn read(&self, key: &[u8], r: Option<Consistency>) -> Result<GetReply, KvError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (started, counted) = (std::time::Instant::now(), self.ctx.clone());
         let req = GetRequest {
             key: ByteBuf::from(key.to_vec()),
             r,
             timeout_ms: None,
         };
         coordinator::get_fenced(self.ctx.clone(), req, move |r| {
+            counted
+                .metrics
+                .request(Op::Get, r.as_ref().err(), started.elapsed());
             let _ = tx.send(r);
         })
         .await;
@@ -389,10 +394,12 @@ impl Session {
             timeout_ms: None,
             not_after_ms: None,
         };
-        coordinator::put(self.ctx.clone(), req, true)
-            .await
-            .map(|r| r.context.to_vec())
-            .map_err(kv_error)
+        let (started, op) = (std::time::Instant::now(), Op::of(&req));
+        let r = coordinator::put(self.ctx.clone(), req, true).await;
+        self.ctx
+            .metrics
+            .request(op, r.as_ref().err(), started.elapsed());
+        r.map(|r| r.context.to_vec()).map_err(kv_error)
     }
 
     /// `RINGKV.GET key [R level]`: every sibling and the context, as a two-element array.

@@ -1,4 +1,7 @@
-//! `ringkv bench`: throughput and latency through the SDK, with `ping` as the transport ceiling.
+//! `ringkv bench`: throughput and latency through the SDK, with `ping` as the transport ceiling,
+//! or through the Redis protocol ([`resp`]) against a ringkv node or a redis-server.
+
+pub mod resp;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +11,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-use crate::client::{Client, KvError};
+use crate::client::Client;
 
 /// What each operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,15 +149,81 @@ fn key_name(i: u64) -> Vec<u8> {
     format!("bench-{i:012}").into_bytes()
 }
 
+/// What a benchmark drives.
+#[derive(Clone)]
+pub enum Target {
+    /// The cluster, through the SDK.
+    Sdk(Client),
+    /// A server speaking RESP (a ringkv node's Redis port, or redis-server).
+    Resp(std::net::SocketAddr),
+}
+
+/// One worker's way to the target.
+enum Conn {
+    Sdk(Client),
+    Resp(resp::Conn),
+}
+
+impl Conn {
+    async fn open(target: &Target) -> Result<Conn, String> {
+        Ok(match target {
+            Target::Sdk(c) => Conn::Sdk(c.clone()),
+            Target::Resp(a) => Conn::Resp(resp::Conn::connect(*a).await?),
+        })
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        match self {
+            Conn::Sdk(c) => c.ping(None).await.map(|_| ()).map_err(|e| e.to_string()),
+            Conn::Resp(r) => r.call(&[b"PING"]).await,
+        }
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Sdk(c) => c.get(key).await.map(|_| ()).map_err(|e| e.to_string()),
+            Conn::Resp(r) => r.call(&[b"GET", key]).await,
+        }
+    }
+
+    async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Sdk(c) => c
+                .put(key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Conn::Resp(r) => r.call(&[b"SET", key, value]).await,
+        }
+    }
+}
+
+impl Target {
+    /// Where worker tasks run: the SDK's own runtime, so a request reaches its socket without
+    /// waking a thread of another runtime (on a small machine that cost more CPU than the
+    /// cluster spent on a ping); the current runtime for RESP.
+    fn runtime(&self) -> tokio::runtime::Handle {
+        match self {
+            Target::Sdk(c) => c.runtime(),
+            Target::Resp(_) => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
 /// Runs a benchmark against a connected client.
 pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, String> {
+    run_on(&Target::Sdk(client.clone()), opts).await
+}
+
+/// Runs a benchmark against `target`.
+pub async fn run_on(target: &Target, opts: &BenchOptions) -> Result<BenchReport, String> {
     if opts.keys == 0 || opts.concurrency == 0 {
         return Err("--keys and --concurrency must be at least 1".into());
     }
     let value: Arc<Vec<u8>> = Arc::new((0..opts.value_size).map(|i| (i % 251) as u8).collect());
     let needs_load = opts.load && matches!(opts.workload, Workload::Read | Workload::Mixed(_));
     let (loaded_keys, load_rate) = if needs_load {
-        load(client, opts, &value).await?
+        load(target, opts, &value).await?
     } else {
         (0, 0.0)
     };
@@ -176,13 +245,13 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
             }
         })
     });
-    // The load runs on the client node's runtime: a request then reaches its socket without
-    // waking a thread of another runtime, which on a small machine cost more CPU than the
-    // cluster spent on a ping.
-    let runtime = client.runtime();
+    let runtime = target.runtime();
+    let mut conns = Vec::new();
+    for _ in 0..opts.concurrency {
+        conns.push(Conn::open(target).await?);
+    }
     let mut tasks = Vec::new();
-    for t in 0..opts.concurrency {
-        let client = client.clone();
+    for (t, mut conn) in conns.into_iter().enumerate() {
         let value = value.clone();
         let opts = opts.clone();
         let interval = interval.clone();
@@ -203,10 +272,10 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
                     Workload::Mixed(p) => rng.random_range(0..100u8) < p,
                 };
                 let t0 = Instant::now();
-                let r: Result<(), KvError> = match opts.workload {
-                    Workload::Ping => client.ping(None).await.map(|_| ()),
-                    _ if read => client.get(&key).await.map(|_| ()),
-                    _ => client.put(&key, value.as_slice()).await.map(|_| ()),
+                let r = match opts.workload {
+                    Workload::Ping => conn.ping().await,
+                    _ if read => conn.get(&key).await,
+                    _ => conn.put(&key, value.as_slice()).await,
                 };
                 let micros = t0.elapsed().as_micros().max(1) as u64;
                 hist.saturating_record(micros);
@@ -221,7 +290,7 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
                         // that end the outage.
                         tokio::time::sleep(ERROR_PAUSE).await;
                         errs += 1;
-                        let m = e.to_string();
+                        let m = e;
                         if samples.len() < 5 && !samples.contains(&m) {
                             samples.push(m);
                         }
@@ -274,7 +343,7 @@ pub async fn run(client: &Client, opts: &BenchOptions) -> Result<BenchReport, St
 
 /// Writes every key once, `concurrency` at a time; fails on the first error.
 async fn load(
-    client: &Client,
+    target: &Target,
     opts: &BenchOptions,
     value: &Arc<Vec<u8>>,
 ) -> Result<(u64, f64), String> {
@@ -282,15 +351,15 @@ async fn load(
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
     for _ in 0..opts.concurrency {
-        let (client, value, next, keys) = (client.clone(), value.clone(), next.clone(), opts.keys);
-        tasks.push(client.runtime().spawn(async move {
+        let mut conn = Conn::open(target).await?;
+        let (value, next, keys) = (value.clone(), next.clone(), opts.keys);
+        tasks.push(target.runtime().spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= keys {
                     return Ok(());
                 }
-                client
-                    .put(key_name(i), value.as_slice())
+                conn.put(&key_name(i), value.as_slice())
                     .await
                     .map_err(|e| format!("loading key {i} failed: {e}"))?;
             }

@@ -1,0 +1,43 @@
+//! `[metrics]`: the Prometheus endpoint every node can serve beside its member address.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+    /// The metrics port is the node's member port plus this (same IP): 7401 → 9401.
+    pub port_offset: u16,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: false,
+            port_offset: 2000,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// The metrics address of a node listening on `member`, when enabled.
+    pub fn addr_for(&self, member: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.port_offset == 0 {
+            return Err("metrics.port_offset must not be 0: the member port is taken".into());
+        }
+        let port = member.port().checked_add(self.port_offset).ok_or_else(|| {
+            format!(
+                "metrics.port_offset {} puts the metrics port of {member} past 65535",
+                self.port_offset
+            )
+        })?;
+        Ok(Some(SocketAddr::new(member.ip(), port)))
+    }
+}
