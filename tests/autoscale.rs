@@ -80,7 +80,7 @@ async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothin
     // Only ops/s counts, with a target between the checker's own traffic and the bench's.
     std::fs::write(
         &config,
-        "[cluster]\ncookie = \"autoscale-test\"\npartitions = 16\nreplicas = 3\n\n\
+        "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = 3\n\n\
          [[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n\n\
          [[members]]\nid = \"n2\"\naddr = \"127.0.0.1:7402\"\n\n\
          [[members]]\nid = \"n3\"\naddr = \"127.0.0.1:7403\"\n\n\
