@@ -29,15 +29,6 @@ impl MetricsSection {
         if !self.enabled {
             return Ok(None);
         }
-        if self.port_offset == 0 {
-            return Err("metrics.port_offset must not be 0: the member port is taken".into());
-        }
-        let port = member.port().checked_add(self.port_offset).ok_or_else(|| {
-            format!(
-                "metrics.port_offset {} puts the metrics port of {member} past 65535",
-                self.port_offset
-            )
-        })?;
-        Ok(Some(SocketAddr::new(member.ip(), port)))
+        super::offset_addr("metrics", member, self.port_offset).map(Some)
     }
 }

@@ -676,6 +676,20 @@ fn check_writable(dir: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The address of a listener beside a node's member address: the same IP, the member port plus
+/// `offset`. `section` names the setting in errors.
+fn offset_addr(section: &str, member: SocketAddr, offset: u16) -> Result<SocketAddr, String> {
+    if offset == 0 {
+        return Err(format!(
+            "{section}.port_offset must not be 0: the member port is taken"
+        ));
+    }
+    let port = member.port().checked_add(offset).ok_or_else(|| {
+        format!("{section}.port_offset {offset} puts the {section} port of {member} past 65535")
+    })?;
+    Ok(SocketAddr::new(member.ip(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,9 +40,6 @@ impl RespSection {
                 self.siblings
             ));
         }
-        if self.enabled && self.port_offset == 0 {
-            return Err("resp.port_offset must not be 0: the member port is taken".into());
-        }
         if self.max_connections == 0 {
             return Err("resp.max_connections must be at least 1".into());
         }
@@ -54,13 +51,7 @@ impl RespSection {
         if !self.enabled {
             return Ok(None);
         }
-        let port = member.port().checked_add(self.port_offset).ok_or_else(|| {
-            format!(
-                "resp.port_offset {} puts the RESP port of {member} past 65535",
-                self.port_offset
-            )
-        })?;
-        Ok(Some(SocketAddr::new(member.ip(), port)))
+        super::offset_addr("resp", member, self.port_offset).map(Some)
     }
 
     /// A node's listener settings, when enabled.
