@@ -238,19 +238,19 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         launched.len(),
         dir.display()
     );
+    // The listeners beside each node's member address (validated before the nodes started).
+    let resp_of = |n: &LaunchedNode| {
+        let a = n.addr.parse().ok()?;
+        cfg.resp.addr_for(a).ok().flatten()
+    };
+    let metrics_of = |n: &LaunchedNode| {
+        let a = n.addr.parse().ok()?;
+        cfg.metrics.addr_for(a).ok().flatten()
+    };
     for n in &launched {
-        let resp = n
-            .addr
-            .parse()
-            .ok()
-            .and_then(|a| cfg.resp.addr_for(a).ok().flatten())
-            .map_or(String::new(), |r| format!("  redis {r}"));
-        let metrics = n
-            .addr
-            .parse()
-            .ok()
-            .and_then(|a| cfg.metrics.addr_for(a).ok().flatten())
-            .map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
+        let resp = resp_of(n).map_or(String::new(), |r| format!("  redis {r}"));
+        let metrics =
+            metrics_of(n).map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
         println!(
             "  {}  {}{resp}{metrics}  pid {}  log {}",
             n.id,
@@ -263,11 +263,7 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         "  try: ringkv --config {} put hello world",
         config_path.display()
     );
-    if let Some(r) = launched
-        .first()
-        .and_then(|n| n.addr.parse().ok())
-        .and_then(|a| cfg.resp.addr_for(a).ok().flatten())
-    {
+    if let Some(r) = launched.first().and_then(resp_of) {
         println!("   or: redis-cli -p {} set hello world", r.port());
     }
     if opts.detach {
