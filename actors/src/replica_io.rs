@@ -156,16 +156,16 @@ pub fn start_merge(
 
 /// Hands a chunk of encoded objects to this node's vnode of `partition` to merge in one go; the
 /// future resolves once every one is durable. Refuses the whole chunk if any is undecodable.
-pub fn start_ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+pub fn start_ingest(
     ctx: &NodeContext,
     partition: u32,
-    pairs: &[(K, V)],
-) -> Result<impl Future<Output = Result<(), KvError>> + use<K, V>, KvError> {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<impl Future<Output = Result<(), KvError>> + use<>, KvError> {
     let decoded = pairs
-        .iter()
+        .into_iter()
         .map(|(k, v)| {
-            decode_object(v.as_ref())
-                .map(|o| (k.as_ref().to_vec(), o, v.as_ref().to_vec()))
+            decode_object(&v)
+                .map(|o| (k, o, v))
                 .map_err(|e| KvError::BadRequest(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -88,7 +88,7 @@ impl Default for MembershipSection {
     fn default() -> Self {
         MembershipSection {
             handoff_mb_per_sec: 50.0,
-            max_inbound_per_node: 2,
+            max_inbound_per_node: 4,
             max_outbound_per_node: 2,
             chunk_keys: 4096,
             chunk_kb: 256,

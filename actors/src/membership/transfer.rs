@@ -299,7 +299,12 @@ pub async fn run(
             .sum();
         let t = Instant::now();
         if !chunk.pairs.is_empty() {
-            start_ingest(&ctx, partition, &chunk.pairs)
+            let pairs = chunk
+                .pairs
+                .into_iter()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect();
+            start_ingest(&ctx, partition, pairs)
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| format!("merging a chunk: {e}"))?;

@@ -248,7 +248,8 @@ impl VnodeStore {
     /// log (the file is then their only copy, so the commit must be durable). A key the file
     /// lacks takes its given encoding as is. Returns, per key that changed, the digests before
     /// (`None`: absent) and after. The caller must hold the vnode's writer role and must not
-    /// pass keys whose current object is newer than the file's (the memtable's).
+    /// pass keys whose current object is newer than the file's (the memtable's), nor one key
+    /// twice (a chunk comes from one scan of the source's file).
     pub fn ingest_in(
         db: &Database,
         pairs: &[(Vec<u8>, Object, Vec<u8>)],
@@ -258,11 +259,21 @@ impl VnodeStore {
         let mut changed = Vec::with_capacity(pairs.len());
         {
             let mut table = txn.open_table(DATA).map_err(|e| err("table", e))?;
+            // One scan of the chunk's key span finds the keys the file already holds: a new
+            // replica's file holds few of them, so this costs far less than a lookup per key.
+            let mut present = std::collections::HashMap::new();
+            let lo = pairs.iter().map(|(k, _, _)| k.as_slice()).min();
+            let hi = pairs.iter().map(|(k, _, _)| k.as_slice()).max();
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                for entry in table.range(lo..=hi).map_err(|e| err("range", e))? {
+                    let (k, v) = entry.map_err(|e| err("range", e))?;
+                    present.insert(k.value().to_vec(), v.value().to_vec());
+                }
+            }
             for (key, object, encoded) in pairs {
-                let current = table
-                    .get(key.as_slice())
-                    .map_err(|e| err("get", e))?
-                    .map(|v| decode_object(v.value()))
+                let current = present
+                    .remove(key)
+                    .map(|v| decode_object(&v))
                     .transpose()
                     .map_err(|e| StoreError::Corrupt(format!("stored object: {e}")))?;
                 match current {

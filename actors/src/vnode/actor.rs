@@ -462,7 +462,6 @@ async fn ingest(
         enqueue(state, myself, Op::Merge(merge), bytes)?;
     }
     let (db, policy) = (state.store.reader(), state.args.conflict);
-    let keys: Vec<Vec<u8>> = bulk.iter().map(|(k, _, _)| k.clone()).collect();
     let done = tokio::task::spawn_blocking(move || VnodeStore::ingest_in(&db, &bulk, policy))
         .await
         .unwrap_or_else(|e| Err(StoreError::Other(e.to_string())));
@@ -474,8 +473,9 @@ async fn ingest(
             }
             drop(tree);
             // After the commit: each removal moves the cache's generation, so a reader that
-            // took the file's older snapshot before it cannot admit that copy afterwards.
-            for key in &keys {
+            // took the file's older snapshot before it cannot admit that copy afterwards. A key
+            // whose digest did not change reads the same from either snapshot.
+            for (key, _, _) in &changed {
                 state.cache.remove(key);
             }
             MergeReply::Part(ack).send(Ok(()));
