@@ -74,6 +74,9 @@ const MIN_SETTLE: Duration = Duration::from_millis(20);
 /// Handle on this process's one client node.
 struct ClientNode {
     cookie: String,
+    /// The TLS settings its links were made with (`None`: plain).
+    tls: Option<ringkv_actors::tls::TlsSettings>,
+    transport: ringkv_actors::transport::Transport,
     server: ActorRef<NodeServerMessage>,
     runtime: tokio::runtime::Handle,
     /// Every member's latest dial, shared by the process's clients as its sessions are.
@@ -86,9 +89,20 @@ struct ClientNode {
 /// outlives the runtime of whichever caller connected first.
 static CLIENT_NODE: std::sync::OnceLock<Result<ClientNode, String>> = std::sync::OnceLock::new();
 
-fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
+fn client_node(
+    cookie: &str,
+    tls: Option<&ringkv_actors::tls::TlsSettings>,
+) -> Result<&'static ClientNode, KvError> {
     let node = CLIENT_NODE.get_or_init(|| {
         let cookie = cookie.to_string();
+        let tls = tls.cloned();
+        let transport = match &tls {
+            None => ringkv_actors::transport::Transport::plain(),
+            Some(s) => match ringkv_actors::tls::Tls::load(s.clone()) {
+                Ok(t) => ringkv_actors::transport::Transport::tls(t),
+                Err(e) => return Err(format!("tls: {e}")),
+            },
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("ringkv-client".into())
@@ -116,7 +130,7 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
                         cookie.clone(),
                         format!("ringkv-client-{}", std::process::id()),
                         "127.0.0.1".into(),
-                        None,
+                        transport.node_server_mode(),
                         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
                     )
                     .with_listen_addr([127, 0, 0, 1].into());
@@ -127,6 +141,8 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
                             dials.watch(&server);
                             ClientNode {
                                 cookie,
+                                tls,
+                                transport,
                                 server,
                                 runtime: handle,
                                 dials,
@@ -144,9 +160,9 @@ fn client_node(cookie: &str) -> Result<&'static ClientNode, KvError> {
     let node = node
         .as_ref()
         .map_err(|e| KvError::NotConnected(e.clone()))?;
-    if node.cookie != cookie {
+    if node.cookie != cookie || node.tls.as_ref() != tls {
         return Err(KvError::InvalidConfig(
-            "this process is already connected to a cluster with another cookie; use one cluster per process".into(),
+            "this process is already connected to a cluster with another cookie or TLS setup; use one cluster per process".into(),
         ));
     }
     Ok(node)
@@ -183,7 +199,7 @@ impl Client {
     /// first took, at least 20 ms). Fails with `NotConnected`, naming the members it tried,
     /// when none is visible within the connect timeout or every dial has failed.
     pub async fn connect(config: ClientConfig) -> Result<Client, KvError> {
-        let node = client_node(&config.cookie)?;
+        let node = client_node(&config.cookie, config.tls.as_ref())?;
         let ids: Vec<String> = config.members.iter().map(|(id, _)| id.clone()).collect();
         let ring = config.ring.and_then(|(q, n)| Ring::new(&ids, q, n).ok());
         let members = config.members.clone();
@@ -277,7 +293,8 @@ impl Client {
                     .filter_map(|(i, a)| dials.failure(i).map(|e| format!("{i} at {a}: {e}")))
                     .collect();
                 let detail = if failures.is_empty() {
-                    "connected but no node answered (wrong cookie?)".to_string()
+                    "connected but no node answered (wrong cookie, or TLS on one side only?)"
+                        .to_string()
                 } else {
                     failures.join("; ")
                 };
@@ -382,7 +399,8 @@ impl Client {
         };
         let node = node.to_string();
         cn.runtime.spawn(async move {
-            let result = dials::open_session(&cn.dials, &cn.server, &node, addr, limit).await;
+            let result =
+                dials::open_session(&cn.dials, &cn.transport, &cn.server, &node, addr, limit).await;
             cn.dials.finish(&node, started, result);
         });
     }

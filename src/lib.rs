@@ -5,6 +5,7 @@
 
 pub mod autoscale;
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod console;

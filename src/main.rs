@@ -119,6 +119,20 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Make a certificate authority in DIR (unless it has one) and issue a certificate for
+    /// each ID (DIR/ID.crt, DIR/ID.key) naming it, localhost and each --ip; nodes need one
+    /// naming their member id, clients one for `client` (see `[tls]`).
+    Certs {
+        /// Folder of the CA and the certificates.
+        #[arg(long)]
+        dir: PathBuf,
+        /// An address to name in every certificate issued (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Ids to issue certificates for.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Interactive admin console (status, members, ring, stats, aae, get/put/delete).
     Console {
         /// Run this one console command, print its result and exit with its exit code.
@@ -175,6 +189,10 @@ enum ClusterCmd {
         /// drained and stopped when it passes (`[autoscale]` sets the targets and windows).
         #[arg(long)]
         autoscale: bool,
+        /// Run every link over mutual TLS: makes a CA and a certificate per node and for
+        /// clients in DIR/tls (once), and turns `[tls]` on in DIR/cluster.toml.
+        #[arg(long)]
+        tls: bool,
     },
     /// Show each launched node: id, address, pid, status.
     Status {
@@ -266,6 +284,22 @@ async fn run_command(cli: Cli) -> ExitCode {
             init_tracing("warn,ractor_cluster=error");
             run_cluster(&cli.config, action).await
         }
+        Cmd::Certs { dir, ips, ids } => {
+            let issued = ringkv::certs::Authority::open_or_create(&dir).and_then(|ca| {
+                for id in &ids {
+                    let (crt, key) = ca.issue(id, &ips)?;
+                    println!("{id}: {} {}", crt.display(), key.display());
+                }
+                Ok(ca.ca_path())
+            });
+            match issued {
+                Ok(ca) => {
+                    println!("CA: {}", ca.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Cmd::Console { command, json } => {
             init_tracing("warn,ractor_cluster=error");
             ringkv::console::run(&cli.config, command, json).await
@@ -338,6 +372,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
             detach,
             distinct_addrs,
             autoscale,
+            tls,
         } => {
             let opts = UpOptions {
                 config: config.to_path_buf(),
@@ -347,6 +382,7 @@ async fn run_cluster(config: &Path, action: ClusterCmd) -> ExitCode {
                 detach,
                 distinct_addrs,
                 autoscale,
+                tls,
             };
             match launcher::up(opts).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -510,7 +546,7 @@ async fn run_client(config: &Path, cmd: Cmd) -> ExitCode {
             }
         }
         cmd @ Cmd::Bench { .. } => run_bench(bench::Target::Sdk(client), cmd).await,
-        Cmd::Node { .. } | Cmd::Cluster { .. } | Cmd::Console { .. } => {
+        Cmd::Node { .. } | Cmd::Cluster { .. } | Cmd::Console { .. } | Cmd::Certs { .. } => {
             unreachable!("handled in main")
         }
     }

@@ -19,7 +19,8 @@
 //!
 //! Beside the tree: `context` (what the actors share), `coordinator` and `replica_io` (the
 //! request path), `peer_link` and `peer_table` (per-peer batching and state),
-//! `partition_table` (local vnodes and the read path), `protocol`, `storage`, `core`.
+//! `partition_table` (local vnodes and the read path), `transport` and `tls` (how links are
+//! made), `protocol`, `storage`, `core`.
 
 pub mod context;
 pub mod coordinator;
@@ -37,6 +38,7 @@ pub mod replica_io;
 pub mod request_stats;
 pub mod settings;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod vnode;
 

@@ -39,6 +39,10 @@ pub struct NodeSettings {
     pub addr: SocketAddr,
     /// A member to join the cluster through, for a node that is not in the placement yet.
     pub join: Option<SocketAddr>,
+    /// How links to peers and clients run: plain, or mutual TLS.
+    pub transport: crate::transport::Transport,
+    /// Serve `/metrics` over TLS, with the transport's certificate.
+    pub metrics_tls: bool,
     /// The Redis-protocol listener, when on.
     pub resp: Option<crate::gateway::resp::RespSettings>,
     /// Where `GET /metrics` is served, when on.

@@ -178,6 +178,7 @@ async fn sessions(server: &ActorRef<NodeServerMessage>) -> Vec<NodeServerSession
 /// retries, minutes). Ok once a session exists; authentication then goes on in the background.
 pub(super) async fn open_session(
     dials: &Dials,
+    transport: &ringkv_actors::transport::Transport,
     server: &ActorRef<NodeServerMessage>,
     node: &str,
     addr: SocketAddr,
@@ -191,7 +192,7 @@ pub(super) async fn open_session(
         return Ok(());
     }
     dials.stop_stalled(addr);
-    match tokio::time::timeout(limit, ringkv_actors::transport::connect(server, addr)).await {
+    match tokio::time::timeout(limit, transport.connect(server, addr, node)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }

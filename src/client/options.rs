@@ -26,6 +26,8 @@ pub struct ClientConfig {
     pub ring: Option<(u32, usize)>,
     /// Longest one node may hold a request before it is tried elsewhere (once) and suspected.
     pub attempt_timeout: Duration,
+    /// Mutual TLS to the nodes, as the cluster's `[tls]` sets it up; `None`: plain TCP.
+    pub tls: Option<ringkv_actors::tls::TlsSettings>,
 }
 
 impl ClientConfig {
@@ -48,6 +50,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_millis(cfg.client.connect_timeout_ms),
             ring: Some((cfg.cluster.partitions, cfg.cluster.replicas)),
             attempt_timeout: Duration::from_millis(cfg.client.attempt_timeout_ms),
+            tls: cfg.tls.settings_for(crate::config::tls::CLIENT_ID),
         }
     }
 }

@@ -12,6 +12,8 @@ pub struct MetricsSection {
     pub enabled: bool,
     /// The metrics port is the node's member port plus this (same IP): 7401 → 9401.
     pub port_offset: u16,
+    /// Serve over HTTPS with the node's `[tls]` certificate (scrapers need no certificate).
+    pub tls: bool,
 }
 
 impl Default for MetricsSection {
@@ -19,6 +21,7 @@ impl Default for MetricsSection {
         MetricsSection {
             enabled: false,
             port_offset: 2000,
+            tls: false,
         }
     }
 }

@@ -11,10 +11,13 @@ use ringkv_actors::core::version::ConflictPolicy;
 use ringkv_actors::membership::transfer::TransferSettings;
 use ringkv_actors::settings::{Member, NodeSettings, RepairSettings, RestartBudget};
 use ringkv_actors::storage::commit_log::LogDurability;
+use ringkv_actors::tls::Tls;
+use ringkv_actors::transport::Transport;
 use serde::{Deserialize, Serialize};
 
 pub mod metrics;
 pub mod resp;
+pub mod tls;
 
 /// A configuration problem, phrased as what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +69,9 @@ pub struct ClusterConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: metrics::MetricsSection,
+    /// Mutual TLS between nodes and from clients.
+    #[serde(default)]
+    pub tls: tls::TlsSection,
 }
 
 /// `[membership]`.
@@ -418,11 +424,12 @@ impl ClusterConfig {
         let mut cfg: ClusterConfig = raw
             .try_deserialize()
             .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = base.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         if cfg.cluster.data_dir.is_relative() {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            let base = base.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             cfg.cluster.data_dir = base.join(&cfg.cluster.data_dir);
         }
+        cfg.tls.resolve_against(&base);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -472,6 +479,17 @@ impl ClusterConfig {
         }
         self.autoscale.validate(c.replicas).map_err(bad)?;
         self.resp.validate().map_err(bad)?;
+        self.tls.validate().map_err(bad)?;
+        for (on, name) in [
+            (self.resp.tls, "resp.tls"),
+            (self.metrics.tls, "metrics.tls"),
+        ] {
+            if on && !self.tls.enabled {
+                return Err(bad(format!(
+                    "{name} = true needs [tls] enabled: the listener serves the node's certificate"
+                )));
+            }
+        }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_pair_bytes <= l.max_key_bytes {
             return Err(bad(format!(
@@ -534,6 +552,17 @@ impl ClusterConfig {
             .collect()
     }
 
+    /// How process `id` (a member id, or [`tls::CLIENT_ID`]) makes its links; with TLS, its
+    /// files are read now, so a missing or bad one is reported before anything starts.
+    pub fn transport_for(&self, id: &str) -> Result<Transport, ConfigError> {
+        match self.tls.settings_for(id) {
+            None => Ok(Transport::plain()),
+            Some(s) => Tls::load(s)
+                .map(Transport::tls)
+                .map_err(|e| bad(format!("tls: {e}"))),
+        }
+    }
+
     /// The settings node `node_id` runs with; checks the id and the data folder.
     pub fn node_settings(&self, node_id: &str) -> Result<NodeSettings, ConfigError> {
         self.node_settings_for(node_id, None, None)
@@ -570,6 +599,7 @@ impl ClusterConfig {
             )));
         }
         let m = &self.membership;
+        let transport = self.transport_for(node_id)?;
         let node_dir = self.cluster.data_dir.join(node_id);
         check_writable(&node_dir)?;
         let (default_r, default_w) = self.consistency.levels(self.cluster.replicas)?;
@@ -579,7 +609,12 @@ impl ClusterConfig {
             members: self.member_addrs(),
             addr,
             join,
-            resp: self.resp.settings_for(addr).map_err(bad)?,
+            resp: self
+                .resp
+                .settings_for(addr, transport.tls_setup())
+                .map_err(bad)?,
+            metrics_tls: self.metrics.tls,
+            transport,
             metrics: self.metrics.addr_for(addr).map_err(bad)?,
             transfer: TransferSettings {
                 bytes_per_sec: (m.handoff_mb_per_sec * 1e6) as u64,

@@ -1,8 +1,11 @@
 //! `[resp]`: the Redis-protocol listener every node can run beside its member address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use ringkv_actors::gateway::resp::auth::Password;
 use ringkv_actors::gateway::resp::{RespSettings, SiblingReply};
+use ringkv_actors::tls::Tls;
 use serde::{Deserialize, Serialize};
 
 /// `[resp]`.
@@ -18,6 +21,12 @@ pub struct RespSection {
     /// What plain `GET` answers for a key with siblings: `pick` (the greatest value, the same
     /// on every node) or `error`.
     pub siblings: String,
+    /// The password Redis clients must `AUTH` with (as Redis's `requirepass`); empty: none.
+    /// Better set through `RINGKV__RESP__PASSWORD` than written into a shared file.
+    pub password: String,
+    /// Serve over TLS with the node's `[tls]` certificate (`redis-cli --tls --cacert CA`);
+    /// clients need no certificate of their own.
+    pub tls: bool,
 }
 
 impl Default for RespSection {
@@ -27,6 +36,8 @@ impl Default for RespSection {
             port_offset: 1000,
             max_connections: 1024,
             siblings: "pick".into(),
+            password: String::new(),
+            tls: false,
         }
     }
 }
@@ -54,8 +65,12 @@ impl RespSection {
         super::offset_addr("resp", member, self.port_offset).map(Some)
     }
 
-    /// A node's listener settings, when enabled.
-    pub fn settings_for(&self, member: SocketAddr) -> Result<Option<RespSettings>, String> {
+    /// A node's listener settings, when enabled; `tls` is the node's setup when `[tls]` is on.
+    pub fn settings_for(
+        &self,
+        member: SocketAddr,
+        tls: Option<Arc<Tls>>,
+    ) -> Result<Option<RespSettings>, String> {
         Ok(self.addr_for(member)?.map(|addr| RespSettings {
             addr,
             max_connections: self.max_connections,
@@ -64,6 +79,8 @@ impl RespSection {
             } else {
                 SiblingReply::Pick
             },
+            password: Password::new(Some(&self.password)),
+            tls: if self.tls { tls } else { None },
         }))
     }
 }

@@ -38,6 +38,8 @@ pub struct UpOptions {
     pub detach: bool,
     /// Turn `[autoscale]` on with the local provisioner, whatever the file says.
     pub autoscale: bool,
+    /// Run every link over mutual TLS, with a CA and certificates made in `DIR/tls`.
+    pub tls: bool,
 }
 
 /// One launched node, as recorded in `launcher.json`.
@@ -163,8 +165,29 @@ fn effective_config(opts: &UpOptions) -> Result<ClusterConfig, String> {
         cfg.autoscale.provisioner = "local".into();
         cfg.autoscale.local.dir = cfg.cluster.data_dir.clone();
     }
+    if opts.tls {
+        let tls_dir = cfg.cluster.data_dir.join("tls");
+        cfg.tls.enabled = true;
+        cfg.tls.ca = tls_dir.join("ca.crt");
+        cfg.tls.cert = tls_dir.join("{id}.crt");
+        cfg.tls.key = tls_dir.join("{id}.key");
+        // One flag secures everything: the Redis and metrics listeners too.
+        cfg.resp.tls = cfg.resp.enabled;
+        cfg.metrics.tls = cfg.metrics.enabled;
+    }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
+}
+
+/// With `--tls`: the launcher's CA in `DIR/tls` (made on the first `up`) and a certificate for
+/// every member and for clients, each made once.
+fn make_certificates(cfg: &ClusterConfig) -> Result<(), String> {
+    let dir = cfg.cluster.data_dir.join("tls");
+    crate::certs::Authority::open_or_create(&dir)?;
+    for m in cfg.member_addrs() {
+        crate::certs::ensure_for_node(cfg, &m.id, m.addr.ip())?;
+    }
+    crate::certs::ensure_for_node(cfg, crate::config::tls::CLIENT_ID, [127, 0, 0, 1].into())
 }
 
 /// `ringkv cluster up`.
@@ -186,6 +209,9 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
                 dir.display()
             ));
         }
+    }
+    if opts.tls {
+        make_certificates(&cfg)?;
     }
     let config_path = dir.join("cluster.toml");
     std::fs::write(&config_path, cfg.to_toml())
@@ -248,9 +274,12 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         cfg.metrics.addr_for(a).ok().flatten()
     };
     for n in &launched {
-        let resp = resp_of(n).map_or(String::new(), |r| format!("  redis {r}"));
-        let metrics =
-            metrics_of(n).map_or(String::new(), |m| format!("  metrics http://{m}/metrics"));
+        let tls = if cfg.resp.tls { " (TLS)" } else { "" };
+        let resp = resp_of(n).map_or(String::new(), |r| format!("  redis {r}{tls}"));
+        let scheme = if cfg.metrics.tls { "https" } else { "http" };
+        let metrics = metrics_of(n).map_or(String::new(), |m| {
+            format!("  metrics {scheme}://{m}/metrics")
+        });
         println!(
             "  {}  {}{resp}{metrics}  pid {}  log {}",
             n.id,
@@ -264,7 +293,12 @@ pub async fn up(opts: UpOptions) -> Result<(), String> {
         config_path.display()
     );
     if let Some(r) = launched.first().and_then(resp_of) {
-        println!("   or: redis-cli -p {} set hello world", r.port());
+        let tls = if cfg.resp.tls {
+            format!("--tls --cacert {} ", cfg.tls.ca.display())
+        } else {
+            String::new()
+        };
+        println!("   or: redis-cli {tls}-p {} set hello world", r.port());
     }
     if opts.detach {
         println!(
@@ -570,6 +604,7 @@ mod tests {
             detach: true,
             distinct_addrs,
             autoscale: false,
+            tls: false,
         }
     }
 

@@ -141,6 +141,8 @@ pub async fn add(dir: &Path) -> Result<(), String> {
         "--join".to_string(),
         seed.to_string(),
     ];
+    let cfg = crate::config::ClusterConfig::load(&state.config).map_err(|e| e.0)?;
+    crate::certs::ensure_for_node(&cfg, &id, addr.ip())?;
     let mut child = spawn_node(&exe, &state.config, &id, &log, true, &extra)
         .map_err(|e| format!("could not start node {id}: {e}"))?;
     state.nodes.push(LaunchedNode {

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::tls::Tls;
 
 use crate::context::NodeContext;
 use crate::metrics::Exposition;
@@ -37,8 +39,14 @@ struct Sources {
     resources: Mutex<ResourceSampler>,
 }
 
-/// Serves scrapes until the task is aborted.
-pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, log: CommitLog, dir: PathBuf) {
+/// Serves scrapes until the task is aborted, over `tls` when given.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<NodeContext>,
+    log: CommitLog,
+    dir: PathBuf,
+    tls: Option<Arc<Tls>>,
+) {
     let sources = Arc::new(Sources {
         ctx,
         log,
@@ -49,14 +57,26 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, log: CommitLog,
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let sources = sources.clone();
+        let (sources, tls) = (sources.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &sources)).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, async {
+                match tls {
+                    None => answer(stream, &sources).await,
+                    Some(tls) => match tls.accept_open(stream).await {
+                        Ok(stream) => answer(stream, &sources).await,
+                        Err(_) => Ok(()),
+                    },
+                }
+            })
+            .await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    sources: &Sources,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {

@@ -70,6 +70,8 @@ pub struct ClusterArgs {
     pub missed_beats: u32,
     /// This node's placement, whose epoch and hash every heartbeat carries.
     pub ring: Arc<RingCell>,
+    /// How links are dialled: plain or TLS.
+    pub transport: crate::transport::Transport,
 }
 
 struct PeerLink {
@@ -111,9 +113,11 @@ impl NodeEventSubscription for Events {
 /// tests) cut exactly the links between those nodes. A local IP of the other family than the
 /// peer (or unspecified) is not bound, leaving the choice to the kernel.
 async fn connect_from(
+    transport: &crate::transport::Transport,
     server: &ActorRef<NodeServerMessage>,
     local_ip: IpAddr,
     addr: SocketAddr,
+    member: Option<&str>,
 ) -> Result<(), ractor_cluster::ClientConnectErr> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -123,7 +127,7 @@ async fn connect_from(
         socket.bind(SocketAddr::new(local_ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
-    crate::transport::open(server, stream, false)
+    transport.dialled(server, stream, member).await
 }
 
 fn new_link(addr: SocketAddr) -> PeerLink {
@@ -203,10 +207,11 @@ impl ClusterState {
             myself.clone(),
             node.to_string(),
         );
+        let transport = self.args.transport.clone();
         tokio::spawn(async move {
             let ok = tokio::time::timeout(
                 Duration::from_secs(2),
-                connect_from(&server, local_ip, addr),
+                connect_from(&transport, &server, local_ip, addr, Some(&node)),
             )
             .await
             .is_ok_and(|r| r.is_ok());
@@ -366,10 +371,11 @@ impl Actor for Cluster {
             }
             ClusterMessage::DialSeed(addr) => {
                 let (server, local_ip) = (state.args.server.clone(), state.args.local_ip);
+                let transport = state.args.transport.clone();
                 tokio::spawn(async move {
                     let dialed = tokio::time::timeout(
                         Duration::from_secs(2),
-                        connect_from(&server, local_ip, addr),
+                        connect_from(&transport, &server, local_ip, addr, None),
                     )
                     .await;
                     if !matches!(dialed, Ok(Ok(()))) {

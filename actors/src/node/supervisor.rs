@@ -279,12 +279,18 @@ impl Actor for NodeSupervisor {
             settings.cookie.clone(),
             settings.node_id.clone(),
             me_addr.ip().to_string(),
-            None,
+            settings.transport.node_server_mode(),
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
         .with_listen_addr(me_addr.ip());
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
-        let accept = Some(crate::transport::accept(listener, server.clone()));
+        if let Some(check) = settings.transport.identity_check() {
+            server.cast(ractor_cluster::NodeServerMessage::SubscribeToEvents {
+                id: "ringkv-tls-identity".into(),
+                subscription: check,
+            })?;
+        }
+        let accept = Some(settings.transport.accept(listener, server.clone()));
         let cluster_args = ClusterArgs {
             node_id: settings.node_id.clone(),
             local_ip: me_addr.ip(),
@@ -298,6 +304,7 @@ impl Actor for NodeSupervisor {
             heartbeat: settings.heartbeat,
             missed_beats: settings.missed_heartbeats,
             ring: ring.clone(),
+            transport: settings.transport.clone(),
         };
         let (cluster, _) =
             Actor::spawn_linked(None, Cluster, cluster_args, myself.get_cell()).await?;
@@ -336,6 +343,10 @@ impl Actor for NodeSupervisor {
                     ctx.clone(),
                     log.clone(),
                     settings.node_dir.clone(),
+                    settings
+                        .metrics_tls
+                        .then(|| settings.transport.tls_setup())
+                        .flatten(),
                 )))
             }
             None => None,

@@ -80,6 +80,8 @@ fn start(dir: &std::path::Path, req: &ProvisionRequest) -> Result<NodeSpec, Stri
         "--join".to_string(),
         seed.to_string(),
     ];
+    let cfg = crate::config::ClusterConfig::load(&state.config).map_err(|e| e.0)?;
+    crate::certs::ensure_for_node(&cfg, &id, addr.ip())?;
     let mut child = launcher::spawn_node(&exe, &state.config, &id, &log, true, &extra)
         .map_err(|e| format!("could not start node {id}: {e}"))?;
     let pid = child.id();

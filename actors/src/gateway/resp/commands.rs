@@ -5,11 +5,13 @@
 //! handshake and housekeeping commands that clients and tools send answer as Redis does. What
 //! needs an atomic read-modify-write (INCR, SETNX, MULTI, …) or expiry is refused with why.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
 use super::SiblingReply;
+use super::auth::{NOAUTH, Password};
 use super::frame::{Protocol, Reply, eq_ignore_case};
 use crate::context::NodeContext;
 use crate::coordinator;
@@ -73,6 +75,9 @@ pub struct Session {
     closing: bool,
     name: Option<Vec<u8>>,
     id: i64,
+    password: Password,
+    authenticated: bool,
+    peer: SocketAddr,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
@@ -119,8 +124,14 @@ fn level(arg: &[u8]) -> Result<Consistency, Reply> {
 }
 
 impl Session {
-    /// A session on a node, answering plain `GET` of siblings as `siblings` says.
-    pub fn new(ctx: Arc<NodeContext>, siblings: SiblingReply) -> Session {
+    /// A session with the client at `peer`, answering plain `GET` of siblings as `siblings`
+    /// says; with a `password`, it serves only once the client authenticated.
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        siblings: SiblingReply,
+        password: Password,
+        peer: SocketAddr,
+    ) -> Session {
         Session {
             ctx,
             siblings,
@@ -128,6 +139,23 @@ impl Session {
             closing: false,
             name: None,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            authenticated: !password.required(),
+            password,
+            peer,
+        }
+    }
+
+    /// Checks credentials from `AUTH` or `HELLO … AUTH`, and logs a refusal.
+    fn authenticate(&mut self, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Reply> {
+        match self.password.check(user, pass) {
+            Ok(()) => {
+                self.authenticated = true;
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, "RESP client refused: wrong password");
+                Err(err(why))
+            }
         }
     }
 
@@ -145,6 +173,9 @@ impl Session {
     pub async fn run(&mut self, args: Vec<Vec<u8>>) -> Reply {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let rest = &args[1..];
+        if !self.authenticated && !Password::allowed_before_auth(&name) {
+            return err(NOAUTH);
+        }
         match name.as_str() {
             "PING" => match rest {
                 [] => Reply::Simple("PONG".into()),
@@ -160,9 +191,20 @@ impl Session {
                 ok()
             }
             "HELLO" => self.hello(rest),
-            "AUTH" => err(
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ),
+            "AUTH" => {
+                let checked = match rest {
+                    [p] => self.authenticate(None, p),
+                    [u, p] => self.authenticate(Some(u), p),
+                    _ => return wrong_args(&name),
+                };
+                checked.map_or_else(|e| e, |()| ok())
+            }
+            "RESET" => {
+                self.proto = Protocol::Resp2;
+                self.name = None;
+                self.authenticated = !self.password.required();
+                Reply::Simple("RESET".into())
+            }
             "CLIENT" => self.client(rest),
             "SELECT" => match rest {
                 [db] if db.as_slice() == b"0" => ok(),
@@ -172,7 +214,7 @@ impl Session {
             "CONFIG" => config(rest, &name),
             "INFO" => self.info(),
             "COMMAND" => command(rest),
-            "READONLY" | "READWRITE" | "RESET" => ok(),
+            "READONLY" | "READWRITE" => ok(),
             "GET" => match rest {
                 [k] => self.get_one(k).await,
                 _ => wrong_args(&name),
@@ -252,24 +294,28 @@ impl Session {
         }
     }
 
+    /// `HELLO [proto [AUTH user pass] [SETNAME name]]`: nothing changes unless all of it is good.
     fn hello(&mut self, rest: &[Vec<u8>]) -> Reply {
         let mut it = rest.iter();
+        let mut proto = self.proto;
         if let Some(v) = it.next() {
             match v.as_slice() {
-                b"2" => self.proto = Protocol::Resp2,
-                b"3" => self.proto = Protocol::Resp3,
+                b"2" => proto = Protocol::Resp2,
+                b"3" => proto = Protocol::Resp3,
                 _ => return err("NOPROTO unsupported protocol version"),
             }
         }
+        let mut name = None;
+        let mut credentials = None;
         while let Some(opt) = it.next() {
             if eq_ignore_case(opt, "AUTH") {
-                // No password is configured: any credentials are the default user's.
-                if it.next().is_none() || it.next().is_none() {
-                    return err("ERR syntax error in HELLO option 'auth'");
+                match (it.next(), it.next()) {
+                    (Some(u), Some(p)) => credentials = Some((u, p)),
+                    _ => return err("ERR syntax error in HELLO option 'auth'"),
                 }
             } else if eq_ignore_case(opt, "SETNAME") {
                 match it.next() {
-                    Some(n) => self.name = Some(n.clone()),
+                    Some(n) => name = Some(n.clone()),
                     None => return err("ERR syntax error in HELLO option 'setname'"),
                 }
             } else {
@@ -278,6 +324,23 @@ impl Session {
                     String::from_utf8_lossy(opt)
                 ));
             }
+        }
+        match credentials {
+            Some((u, p)) => {
+                if let Err(e) = self.authenticate(Some(u), p) {
+                    return e;
+                }
+            }
+            None if !self.authenticated => {
+                return err(
+                    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                );
+            }
+            None => {}
+        }
+        self.proto = proto;
+        if name.is_some() {
+            self.name = name;
         }
         let s = |v: &str| Reply::Bulk(v.as_bytes().to_vec());
         Reply::Map(vec![

@@ -3,14 +3,15 @@
 //! SDK. One task per connection reads pipelined commands ([`frame`]), runs them ([`commands`])
 //! in order and writes their replies back in one go; a semaphore bounds the connections.
 
+pub mod auth;
 pub mod commands;
 pub mod frame;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::context::NodeContext;
@@ -35,6 +36,10 @@ pub struct RespSettings {
     pub max_connections: usize,
     /// What plain `GET` answers for siblings.
     pub siblings: SiblingReply,
+    /// The password clients must `AUTH` with, if any.
+    pub password: auth::Password,
+    /// Serve over TLS (the node's certificate; no client certificate asked for).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Bytes read from a socket at once.
@@ -59,7 +64,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, settings: RespS
                 let (ctx, settings) = (ctx.clone(), settings.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, ctx, &settings).await {
+                    let _ = stream.set_nodelay(true);
+                    let served = match &settings.tls {
+                        None => connection(stream, peer, ctx, &settings).await,
+                        // The handshake runs in the connection's own task, under a timeout,
+                        // so a client that stalls it holds up only its own slot.
+                        Some(tls) => match tls.accept_open(stream).await {
+                            Ok(stream) => connection(stream, peer, ctx, &settings).await,
+                            Err(e) => {
+                                tracing::debug!(%peer, "RESP TLS connection refused: {e}");
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "RESP connection closed");
                     }
                 });
@@ -73,14 +91,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, settings: RespS
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
     ctx: Arc<NodeContext>,
     settings: &RespSettings,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
     let limits = Limits::default();
-    let mut session = Session::new(ctx, settings.siblings);
+    let mut session = Session::new(ctx, settings.siblings, settings.password.clone(), peer);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
