@@ -25,6 +25,7 @@
 pub mod context;
 pub mod coordinator;
 pub mod core;
+pub mod fuzz_checks;
 pub mod gateway;
 pub mod membership;
 pub mod metrics;

@@ -95,7 +95,8 @@ pub fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-fn encode_record(e: &LogEntry, out: &mut Vec<u8>) {
+/// Appends `e` as one record: length, CRC-32 of the rest, partition, key length, key, object.
+pub fn encode_record(e: &LogEntry, out: &mut Vec<u8>) {
     let payload_len = 8 + e.key.len() + e.object.len();
     let start = out.len();
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
