@@ -21,6 +21,12 @@ use serde_bytes::ByteBuf;
 
 type Check = fn(&[u8]);
 
+/// Writes to the real stderr, past the test harness's capture, so CI logs show it.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 const TARGETS: [(&str, Check); 5] = [
     ("wire", fuzz_checks::wire),
     ("object", fuzz_checks::object),
@@ -208,8 +214,8 @@ fn fuzz_targets_find_no_crash_in_their_time() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_fuzz {
-        eprintln!(
-            "\n*** SKIPPED fuzz_targets_find_no_crash_in_their_time: needs the nightly toolchain and cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz) ***\n"
+        say(
+            "\n*** SKIPPED fuzz_targets_find_no_crash_in_their_time: needs the nightly toolchain and cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz) ***\n",
         );
         return;
     }
@@ -255,7 +261,9 @@ fn fuzz_targets_find_no_crash_in_their_time() {
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
             .map(|n| n.trim().to_string())
             .unwrap_or_default();
-        eprintln!("fuzz target {target}: {runs} inputs in {secs} s, no crash");
+        say(&format!(
+            "fuzz target {target}: {runs} inputs in {secs} s, no crash\n"
+        ));
         assert!(
             runs.parse::<u64>().is_ok_and(|n| n > 0),
             "fuzz target {target} ran no input:\n{stderr}"
