@@ -49,6 +49,7 @@ pub struct TlsSettings {
 }
 
 /// The configurations built from one reading of the files.
+#[derive(Clone)]
 struct Loaded {
     stamps: Vec<Option<SystemTime>>,
     acceptor: TlsAcceptor,
@@ -241,13 +242,7 @@ impl Tls {
                 }
             }
         }
-        Loaded {
-            stamps: Vec::new(),
-            acceptor: current.acceptor.clone(),
-            open_acceptor: current.open_acceptor.clone(),
-            connector: current.connector.clone(),
-            seed_connector: current.seed_connector.clone(),
-        }
+        current.clone()
     }
 
     /// Completes the server side of a handshake within the handshake timeout, returning the
@@ -261,12 +256,7 @@ impl Tls {
             .await
             .map_err(|_| format!("no TLS handshake within {:?}", self.files.handshake_timeout))?
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        let leaf = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .cloned()
+        let leaf = first(tls.get_ref().1.peer_certificates())
             .ok_or("the peer presented no certificate")?;
         Ok((tls, leaf))
     }
@@ -302,12 +292,7 @@ impl Tls {
             )
         })?
         .map_err(|e| format!("TLS handshake with {shown} failed: {e}"))?;
-        let leaf = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .cloned()
+        let leaf = first(tls.get_ref().1.peer_certificates())
             .ok_or("the node presented no certificate")?;
         Ok((tls, leaf))
     }
@@ -327,6 +312,11 @@ impl Tls {
             .map_err(|_| format!("no TLS handshake within {:?}", self.files.handshake_timeout))?
             .map_err(|e| format!("TLS handshake failed: {e}"))
     }
+}
+
+/// The leaf of a peer's certificate chain.
+fn first(chain: Option<&[CertificateDer<'static>]>) -> Option<CertificateDer<'static>> {
+    chain.and_then(|c| c.first()).cloned()
 }
 
 /// The first certificate in the PEM file at `path`.
