@@ -78,6 +78,11 @@ fn each_mistake_is_named() {
             "n1",
             "storage.group_commit_us (250000) must be at most 100000",
         ),
+        (
+            format!("{BASE}\n[storage]\nlog_segment_mb = 64\nmin_free_mb = 100\n"),
+            "n1",
+            "storage.min_free_mb (100) must be 0 or at least twice storage.log_segment_mb (64)",
+        ),
     ];
     for (body, node, want) in cases {
         let (code, err) = run_node(&body, node);

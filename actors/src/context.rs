@@ -36,6 +36,8 @@ pub struct NodeContext {
     pub links: Links,
     /// Hints this node keeps as a fallback.
     pub hints: Arc<HintStore>,
+    /// Refuses changes while the disk is nearly full.
+    pub disk: Arc<crate::storage::disk_guard::DiskGuard>,
     /// How requests are served, from config.
     pub policy: RequestPolicy,
     /// Client request figures.

@@ -241,6 +241,9 @@ pub async fn replicate(
 /// Stores hints in this node's hint file (one durable commit); one result per hint.
 pub async fn store_hints(ctx: &NodeContext, hints: Vec<Hint>) -> Vec<Result<(), KvError>> {
     let n = hints.len();
+    if let Err(e) = ctx.disk.check() {
+        return vec![Err(KvError::Storage(e)); n];
+    }
     let store = ctx.hints.clone();
     match tokio::task::spawn_blocking(move || store.store(&hints)).await {
         Ok(Ok(results)) => results

@@ -69,6 +69,8 @@ pub struct NodeSettings {
     pub batch_max_bytes: usize,
     /// Commit log segment size; a full segment triggers a vnode checkpoint.
     pub log_segment_bytes: u64,
+    /// Free space under which the node refuses writes, bytes (0: never).
+    pub min_free_bytes: u64,
     /// How long the commit log lets concurrent appends gather before a sync.
     pub group_commit_window: Duration,
     /// Key and pair size limits.

@@ -217,6 +217,9 @@ pub struct StorageSection {
     /// With `sync`, how long (µs) the commit log lets concurrent writes gather before one
     /// fdatasync covers them all; 0 syncs at once.
     pub group_commit_us: u64,
+    /// Free space of the data folder's file system, MiB, under which writes are refused
+    /// (0: never); at least twice `log_segment_mb`, room for the checkpoint of a full segment.
+    pub min_free_mb: u64,
 }
 
 impl Default for StorageSection {
@@ -230,6 +233,7 @@ impl Default for StorageSection {
             batch_max_bytes: 1 << 20,
             log_segment_mb: 64,
             group_commit_us: 1000,
+            min_free_mb: 256,
         }
     }
 }
@@ -505,6 +509,13 @@ impl ClusterConfig {
         if self.storage.log_segment_mb == 0 {
             return Err(bad("storage.log_segment_mb must be at least 1"));
         }
+        let s = &self.storage;
+        if s.min_free_mb != 0 && s.min_free_mb < 2 * s.log_segment_mb {
+            return Err(bad(format!(
+                "storage.min_free_mb ({}) must be 0 or at least twice storage.log_segment_mb ({}): a full disk must still hold the checkpoint of a full log segment",
+                s.min_free_mb, s.log_segment_mb
+            )));
+        }
         if self.storage.group_commit_us > MAX_GROUP_COMMIT_US {
             return Err(bad(format!(
                 "storage.group_commit_us ({}) must be at most {MAX_GROUP_COMMIT_US}: every concurrent write waits that long",
@@ -638,6 +649,7 @@ impl ClusterConfig {
             batch_max_writes: s.batch_max_writes,
             batch_max_bytes: s.batch_max_bytes,
             log_segment_bytes: s.log_segment_mb << 20,
+            min_free_bytes: s.min_free_mb << 20,
             group_commit_window: Duration::from_micros(s.group_commit_us),
             limits: Limits {
                 max_key_bytes: self.limits.max_key_bytes,

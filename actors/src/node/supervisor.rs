@@ -28,6 +28,7 @@ use crate::repair::hints::{Handoff, HandoffArgs, HandoffMessage};
 use crate::request_stats::RequestStats;
 use crate::settings::NodeSettings;
 use crate::storage::commit_log::{CommitLog, LogDurability, read_entries};
+use crate::storage::disk_guard::DiskGuard;
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::hint_store::HintStore;
 use crate::storage::incarnation::Incarnation;
@@ -162,6 +163,7 @@ impl Actor for NodeSupervisor {
                 .push((e.key, e.object));
         }
 
+        let disk = DiskGuard::watch(&settings.node_dir, settings.min_free_bytes)?;
         let vnode_args = VnodeSupervisorArgs {
             node_id: settings.node_id.clone(),
             node_dir: settings.node_dir.clone(),
@@ -182,6 +184,7 @@ impl Actor for NodeSupervisor {
             replicas: settings.replicas,
             incarnation,
             table: table.clone(),
+            disk: disk.clone(),
             replay,
         };
         let (vnodes, _) =
@@ -221,6 +224,7 @@ impl Actor for NodeSupervisor {
             peers: peers.clone(),
             links: Default::default(),
             hints: hints.clone(),
+            disk,
             policy: RequestPolicy {
                 limits: settings.limits,
                 conflict: settings.conflict,

@@ -472,7 +472,8 @@ pub enum VnodeHealth {
     Starting,
     /// Serving reads and writes.
     Serving,
-    /// Restarted too often within the budget window; left stopped.
+    /// Restarted too often within the budget window (left stopped), or cannot start for now
+    /// (tried again later).
     Failed,
 }
 

@@ -46,8 +46,8 @@ pub enum LogDurability {
     Buffered(Duration),
 }
 
-/// Work called once entries are durable (sync) or written (buffered).
-pub type OnDurable = Box<dyn FnOnce() + Send>;
+/// Work called once entries are durable (sync) or written (buffered), or with why they are not.
+pub type OnDurable = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 enum Command {
     Append(Vec<LogEntry>, Option<OnDurable>),
@@ -212,6 +212,8 @@ impl CommitLog {
             sealed: sealed_tx,
             last_sync: Instant::now(),
             dirty: false,
+            torn: false,
+            failures: FailureLog::default(),
         };
         let handle = std::thread::Builder::new()
             .name("commit-log".into())
@@ -238,12 +240,14 @@ impl CommitLog {
     }
 
     /// Queues entries; `on_durable` runs on the writer thread once they are durable (sync) or
-    /// written (buffered). Returns false when the writer has stopped: nothing is durable then.
+    /// written (buffered), or with the I/O error that kept them out of the log. Returns false
+    /// when the writer has stopped: nothing is durable then.
     pub fn append(&self, entries: Vec<LogEntry>, on_durable: Option<OnDurable>) -> bool {
         self.tx.send(Command::Append(entries, on_durable)).is_ok()
     }
 
-    /// Blocks until everything appended before this call is written and synced.
+    /// Blocks until everything appended before this call is written and synced; false when
+    /// that failed.
     pub fn barrier(&self) -> bool {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Command::Barrier(tx)).is_ok() && rx.recv().is_ok()
@@ -282,6 +286,42 @@ struct Writer {
     dirty: bool,
     group_window: Duration,
     syncs: Arc<AtomicU64>,
+    /// The segment may end in a record cut short by a failed write that could not be removed.
+    torn: bool,
+    failures: FailureLog,
+}
+
+/// Logs I/O failures once per kind per [`FAILURE_LOG_EVERY`], and the recovery after them: a
+/// full disk fails every batch.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// How often a repeating log failure is logged.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl FailureLog {
+    fn warn(&mut self, e: &io::Error, what: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::error!(error = %e, suppressed = self.suppressed, "{what}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+
+    fn recovered(&mut self) {
+        if self.last.take().is_some() {
+            tracing::warn!(
+                suppressed = self.suppressed,
+                "commit log writes succeed again"
+            );
+            self.suppressed = 0;
+        }
+    }
 }
 
 impl Writer {
@@ -300,8 +340,9 @@ impl Writer {
                     Ok(c) => Some(c),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(e) = self.sync_if_dirty() {
-                            tracing::error!(error = %e, "commit log sync failed; stopping the writer");
-                            return;
+                            // Buffered writes were acknowledged when written: the sync is
+                            // retried with the next one, as a full disk may free up.
+                            self.failures.warn(&e, "commit log sync failed; retrying");
                         }
                         continue;
                     }
@@ -335,19 +376,29 @@ impl Writer {
                     cmd = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = self.write_batch(&buf, &barriers, stop) {
-                // Unacknowledged writes stay unacknowledged: their callers time out, which
-                // reports "outcome unknown". The node cannot promise durability any more.
-                tracing::error!(error = %e, "commit log write failed; stopping the writer");
-                return;
-            }
+            let outcome = self.write_batch(&buf, &barriers, stop);
             buf.clear();
             last_group = writes;
-            for ack in acks {
-                ack();
-            }
-            for b in barriers {
-                let _ = b.send(());
+            match outcome {
+                Ok(()) => {
+                    self.failures.recovered();
+                    for ack in acks {
+                        ack(Ok(()));
+                    }
+                    for b in barriers {
+                        let _ = b.send(());
+                    }
+                }
+                Err(e) => {
+                    // The batch is cut off the segment again, so a later batch never follows a
+                    // torn record (replay stops at one); its writers learn why.
+                    self.failures
+                        .warn(&e, "commit log write failed; its writes are refused");
+                    let reason = format!("commit log: {e}");
+                    for ack in acks {
+                        ack(Err(reason.clone()));
+                    }
+                }
             }
             if stop {
                 break;
@@ -358,16 +409,43 @@ impl Writer {
         }
     }
 
+    /// Writes (and in `Sync` mode syncs) one batch. On failure the segment is cut back to
+    /// where the batch began, or, when that fails too, left for a fresh one: either way every
+    /// earlier batch stays a readable prefix.
     fn write_batch(
         &mut self,
         buf: &[u8],
         barriers: &[mpsc::Sender<()>],
         stop: bool,
     ) -> io::Result<()> {
+        if self.torn {
+            self.roll_unsynced()?;
+        }
+        let start = self.written;
+        if let Err(e) = self.append_and_sync(buf, barriers, stop) {
+            self.cut_back(start);
+            return Err(e);
+        }
+        if self.written >= self.segment_bytes {
+            // The batch is durable whatever happens here; a failed roll is retried later.
+            if let Err(e) = self.roll() {
+                self.failures
+                    .warn(&e, "commit log cannot start a new segment; retrying");
+            }
+        }
+        Ok(())
+    }
+
+    fn append_and_sync(
+        &mut self,
+        buf: &[u8],
+        barriers: &[mpsc::Sender<()>],
+        stop: bool,
+    ) -> io::Result<()> {
         if !buf.is_empty() {
-            self.file.write_all(buf)?;
-            self.written += buf.len() as u64;
             self.dirty = true;
+            self.written += buf.len() as u64;
+            self.file.write_all(buf)?;
         }
         let must_sync = match self.durability {
             LogDurability::Sync => true,
@@ -381,9 +459,33 @@ impl Writer {
             self.dirty = false;
             self.last_sync = Instant::now();
         }
-        if self.written >= self.segment_bytes {
-            self.roll()?;
+        Ok(())
+    }
+
+    /// Drops everything the segment holds past `len` (a failed batch's partial record).
+    fn cut_back(&mut self, len: u64) {
+        self.written = len;
+        match self.file.set_len(len) {
+            Ok(()) => self.dirty = true,
+            Err(e) => {
+                self.failures
+                    .warn(&e, "commit log cannot cut a failed batch off its segment");
+                self.torn = true;
+            }
         }
+    }
+
+    /// Leaves a segment that may end in a torn record for a fresh one, without syncing it:
+    /// whatever it holds past its valid prefix was never acknowledged.
+    fn roll_unsynced(&mut self) -> io::Result<()> {
+        let next = open_segment(&self.dir, self.id + 1)?;
+        let sealed = self.id;
+        self.id += 1;
+        self.file = next;
+        self.written = 0;
+        self.dirty = false;
+        self.torn = false;
+        let _ = self.sealed.send(sealed);
         Ok(())
     }
 
@@ -400,11 +502,12 @@ impl Writer {
     fn roll(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.dirty = false;
+        let next = open_segment(&self.dir, self.id + 1)?;
         let sealed = self.id;
         self.id += 1;
-        self.file = open_segment(&self.dir, self.id)?;
+        self.file = next;
         self.written = 0;
-        self.dirty = false;
         let _ = self.sealed.send(sealed);
         Ok(())
     }
@@ -444,7 +547,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         log.append(
             vec![entry(1, "a", "x"), entry(2, "b", "y")],
-            Some(Box::new(move || tx.send(()).unwrap())),
+            Some(Box::new(move |r: Result<(), String>| {
+                r.unwrap();
+                tx.send(()).unwrap()
+            })),
         );
         rx.recv().unwrap();
         log.shutdown();
@@ -474,7 +580,10 @@ mod tests {
                             let (tx, rx) = mpsc::channel();
                             log.append(
                                 vec![entry(t as u32, "k", "v")],
-                                Some(Box::new(move || tx.send(()).unwrap())),
+                                Some(Box::new(move |r: Result<(), String>| {
+                                    r.unwrap();
+                                    tx.send(()).unwrap()
+                                })),
                             );
                             rx.recv().unwrap();
                             n += 1;
@@ -500,7 +609,10 @@ mod tests {
             let (tx, rx) = mpsc::channel();
             log.append(
                 vec![entry(0, "k", "v")],
-                Some(Box::new(move || tx.send(()).unwrap())),
+                Some(Box::new(move |r: Result<(), String>| {
+                    r.unwrap();
+                    tx.send(()).unwrap()
+                })),
             );
             rx.recv().unwrap();
         }
@@ -515,7 +627,10 @@ mod tests {
         let batch = (0..GATHER_MIN_WRITES).map(|i| entry(0, &i.to_string(), "v"));
         log.append(
             batch.collect(),
-            Some(Box::new(move || tx.send(()).unwrap())),
+            Some(Box::new(move |r: Result<(), String>| {
+                r.unwrap();
+                tx.send(()).unwrap()
+            })),
         );
         rx.recv().unwrap();
         let run = Duration::from_millis(1000);

@@ -17,6 +17,7 @@ use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::{PartitionTable, ReadView};
 use crate::protocol::{KvError, VnodeHealth};
 use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
+use crate::storage::disk_guard::DiskGuard;
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
@@ -53,6 +54,8 @@ pub struct VnodeArgs {
     pub batch_max_bytes: usize,
     /// Where the vnode publishes itself once serving.
     pub table: Arc<PartitionTable>,
+    /// Refuses changes while the disk is nearly full.
+    pub disk: Arc<DiskGuard>,
     /// Log entries to restore before serving; `None` reads this partition's from the log.
     pub replay: Option<EncodedPairs>,
     /// Check every page of the file before serving (a restart after a failure).
@@ -187,11 +190,19 @@ impl Actor for Vnode {
         match message {
             VnodeMessage::Write(op) => {
                 state.args.table.dequeued(state.args.partition);
+                if let Err(e) = state.args.disk.check() {
+                    Op::Write(op).fail(KvError::Storage(e));
+                    return Ok(());
+                }
                 let bytes = op.key.len() + op.value.as_ref().map_or(0, Vec::len);
                 enqueue(state, &myself, Op::Write(op), bytes)?;
             }
             VnodeMessage::Merge(op) => {
                 state.args.table.dequeued(state.args.partition);
+                if let Err(e) = state.args.disk.check() {
+                    let _ = op.reply.send(Err(KvError::Storage(e)));
+                    return Ok(());
+                }
                 let bytes = op.key.len() + 64;
                 let merge = Merge {
                     key: op.key,
@@ -202,6 +213,10 @@ impl Actor for Vnode {
             }
             VnodeMessage::Ingest(pairs, reply) => {
                 state.args.table.dequeued(state.args.partition);
+                if let Err(e) = state.args.disk.check() {
+                    let _ = reply.send(Err(KvError::Storage(e)));
+                    return Ok(());
+                }
                 ingest(state, &myself, pairs, reply).await?;
             }
             VnodeMessage::Drain => {
@@ -247,6 +262,9 @@ impl Actor for Vnode {
         Ok(())
     }
 }
+
+/// Answers one logged change once the log says whether it is durable.
+type DurableAck = Box<dyn FnOnce(Result<(), KvError>) + Send>;
 
 /// Queues a change for the next group commit: at once when the batch is full, otherwise after
 /// every message already in the mailbox (the `Drain` goes to the back of it).
@@ -381,7 +399,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         .enumerate()
         .map(|(i, e)| (e.key.as_slice(), i))
         .collect();
-    let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::with_capacity(ops.len());
+    let mut acks: Vec<DurableAck> = Vec::with_capacity(ops.len());
     for (op, outcome) in ops.into_iter().zip(outcomes) {
         match (op, outcome) {
             // Refused changes touched nothing that needs the log: answer them now.
@@ -392,16 +410,17 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
                     .map_or_else(Vec::new, |&i| entries[i].object.clone());
                 let context = ctx.unwrap_or_default();
                 let _ = w.minted.send(Ok(WriteOutcome { context, object }));
-                acks.push(Box::new(move || {
-                    let _ = w.durable.send(Ok(()));
+                acks.push(Box::new(move |r| {
+                    let _ = w.durable.send(r);
                 }));
             }
-            (Op::Merge(m), Ok(_)) => acks.push(Box::new(move || m.reply.send(Ok(())))),
+            (Op::Merge(m), Ok(_)) => acks.push(Box::new(move |r| m.reply.send(r))),
         }
     }
-    let answer = move || {
+    let answer = move |r: Result<(), String>| {
+        let r = r.map_err(KvError::Storage);
         for ack in acks {
-            ack();
+            ack(r.clone());
         }
     };
     let logged = match state.args.durability {
@@ -409,7 +428,7 @@ fn commit(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
         LogDurability::Buffered(_) => {
             let ok = state.args.log.append(entries, None);
             if ok {
-                answer();
+                answer(Ok(()));
             }
             ok
         }

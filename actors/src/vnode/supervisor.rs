@@ -14,6 +14,7 @@ use crate::partition_table::PartitionTable;
 use crate::protocol::VnodeHealth;
 use crate::settings::RestartBudget;
 use crate::storage::commit_log::{CommitLog, LogDurability};
+use crate::storage::disk_guard::DiskGuard;
 use crate::storage::dot_sequence::DotSequence;
 use crate::storage::incarnation::Incarnation;
 use crate::storage::vnode_store::EncodedPairs;
@@ -39,7 +40,16 @@ pub enum VnodeSupervisorMessage {
         /// That placement's epoch, stamped on released files.
         epoch: u64,
     },
+    /// Try again to start a vnode that could not start for a reason other than damage.
+    Retry(u32),
 }
+
+/// The first wait before a vnode that could not start (a full disk, a busy file: nothing
+/// wrong with its data) is tried again; each failure doubles it, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries to start a vnode.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The vnode supervisor actor.
 #[derive(Debug, Default)]
@@ -77,6 +87,8 @@ pub struct VnodeSupervisorArgs {
     pub incarnation: Arc<Incarnation>,
     /// The node's partition registry.
     pub table: Arc<PartitionTable>,
+    /// Refuses changes while the disk is nearly full.
+    pub disk: Arc<DiskGuard>,
     /// Commit log entries recovered at startup, per partition.
     pub replay: HashMap<u32, EncodedPairs>,
 }
@@ -88,6 +100,8 @@ pub struct VnodeSupervisorState {
     restarts: HashMap<u32, VecDeque<Instant>>,
     checkpointing: bool,
     next_segment: Option<u64>,
+    /// Partitions waiting to be started again, with the wait before their next try.
+    retrying: HashMap<u32, Duration>,
 }
 
 fn vnode_path(dir: &std::path::Path, p: u32) -> PathBuf {
@@ -116,6 +130,7 @@ impl VnodeSupervisorState {
             batch_max_writes: a.batch_max_writes,
             batch_max_bytes: a.batch_max_bytes,
             table: a.table.clone(),
+            disk: a.disk.clone(),
             replay,
             verify,
         };
@@ -138,7 +153,12 @@ impl VnodeSupervisorState {
         verify: bool,
     ) -> bool {
         let error = match self.spawn(myself, partition, replay.clone(), verify).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                if self.retrying.remove(&partition).is_some() {
+                    tracing::warn!(partition, "vnode started again");
+                }
+                return true;
+            }
             Err(e) => e.to_string(),
         };
         self.args.table.withdraw(partition, VnodeHealth::Starting);
@@ -148,8 +168,8 @@ impl VnodeSupervisorState {
             return false;
         }
         if !error.contains(UNUSABLE_FILE) {
-            tracing::error!(partition, %error, "vnode cannot start; left stopped");
             self.args.table.withdraw(partition, VnodeHealth::Failed);
+            self.retry_later(myself, partition, &error);
             return false;
         }
         let path = vnode_path(&self.args.node_dir, partition);
@@ -229,6 +249,23 @@ impl VnodeSupervisorState {
         }
     }
 
+    /// Schedules another start of `partition`, which failed for `error`: nothing says its data
+    /// is damaged, so it is tried until it starts (or the partition leaves this node).
+    fn retry_later(
+        &mut self,
+        myself: &ActorRef<VnodeSupervisorMessage>,
+        partition: u32,
+        error: &str,
+    ) {
+        let wait = self
+            .retrying
+            .get(&partition)
+            .map_or(RETRY_FIRST, |w| (*w * 2).min(RETRY_MAX));
+        self.retrying.insert(partition, wait);
+        tracing::error!(partition, %error, retry_in_ms = wait.as_millis() as u64, "vnode cannot start; trying again later");
+        myself.send_after(wait, move || VnodeSupervisorMessage::Retry(partition));
+    }
+
     /// Counts a restart and says whether the budget still allows it.
     fn within_budget(&mut self, partition: u32) -> bool {
         let budget = self.args.budget;
@@ -287,6 +324,7 @@ impl Actor for VnodeSupervisor {
             restarts: HashMap::new(),
             checkpointing: false,
             next_segment: None,
+            retrying: HashMap::new(),
         };
         for p in partitions {
             let entries = replay.remove(&p).unwrap_or_default();
@@ -326,6 +364,23 @@ impl Actor for VnodeSupervisor {
                     state.start_checkpoint(&myself, next);
                 }
             }
+            VnodeSupervisorMessage::Retry(partition) => {
+                let wanted = state.args.table.local().contains(&partition)
+                    && state.args.table.vnode(partition).is_none()
+                    && !state.by_actor.values().any(|&p| p == partition);
+                if !wanted {
+                    state.retrying.remove(&partition);
+                    return Ok(());
+                }
+                // A vnode that failed may have lost dots it minted: it mints under a new
+                // incarnation.
+                if let Err(e) = tokio::task::block_in_place(|| state.args.incarnation.bump()) {
+                    let error = format!("cannot raise the incarnation: {e}");
+                    state.retry_later(&myself, partition, &error);
+                    return Ok(());
+                }
+                state.start(&myself, partition, None, true).await;
+            }
         }
         Ok(())
     }
@@ -360,8 +415,9 @@ impl Actor for VnodeSupervisor {
         // The restarted vnode may have lost dots it minted (a repaired or replaced file): it
         // mints under a new incarnation.
         if let Err(e) = tokio::task::block_in_place(|| state.args.incarnation.bump()) {
-            tracing::error!(partition, error = %e, "cannot raise the incarnation; vnode left stopped");
             state.args.table.withdraw(partition, VnodeHealth::Failed);
+            let error = format!("cannot raise the incarnation: {e}");
+            state.retry_later(&myself, partition, &error);
             return Ok(());
         }
         // A restart after a failure checks the whole file first: a damaged file is the usual
