@@ -120,6 +120,8 @@ pub struct TestCluster {
     pub addrs: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
     env: Vec<(String, String)>,
+    /// Per node, environment variables of that node alone.
+    node_env: Vec<Vec<(String, String)>>,
     block: Option<LoopbackBlock>,
     /// Per node, arguments after `--node ID` (`--addr`, `--join` for nodes added later).
     args: Vec<Vec<String>>,
@@ -189,6 +191,7 @@ impl TestCluster {
         std::fs::write(&config, toml).unwrap();
         let children = ids.iter().map(|_| None).collect();
         let args = ids.iter().map(|_| Vec::new()).collect();
+        let node_env = ids.iter().map(|_| Vec::new()).collect();
         TestCluster {
             dir,
             config,
@@ -196,6 +199,7 @@ impl TestCluster {
             addrs,
             children,
             env: Vec::new(),
+            node_env,
             block,
             args,
         }
@@ -204,6 +208,14 @@ impl TestCluster {
     /// Adds an environment variable to every node started from now on.
     pub fn env(&mut self, key: &str, value: &str) {
         self.env.push((key.into(), value.into()));
+    }
+
+    /// Sets node `i`'s own environment for its next starts (replacing what was set before).
+    pub fn env_for(&mut self, i: usize, vars: &[(&str, &str)]) {
+        self.node_env[i] = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Configures and starts every node, waiting until each answers a ping.
@@ -239,7 +251,7 @@ impl TestCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().chain(&self.node_env[i]) {
             cmd.env(k, v);
         }
         self.children[i] = Some(cmd.spawn().expect("ringkv node starts"));
@@ -289,6 +301,7 @@ impl TestCluster {
         self.ids.push(id.to_string());
         self.addrs.push(addr);
         self.children.push(None);
+        self.node_env.push(Vec::new());
         self.args.push(vec![
             "--addr".into(),
             addr.to_string(),

@@ -1,10 +1,37 @@
 //! How one client write becomes a key's new object: the stale-write refusal, the check that a
 //! context names only versions this node minted, and dot minting.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use super::WriteOp;
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::protocol::KvError;
 use crate::storage::dot_sequence::DotSequence;
+
+/// Refusals of late writes are logged at most this often: a clock minutes ahead refuses every
+/// write this node coordinates.
+const LATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a refused late write, `late_ms` after its attempt ended by this node's clock, with how
+/// many were refused since the last line.
+fn note_late_write(late_ms: u64) {
+    static STATE: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    state.1 += 1;
+    if state.0.is_some_and(|t| t.elapsed() < LATE_LOG_EVERY) {
+        return;
+    }
+    let refused = std::mem::take(&mut state.1);
+    state.0 = Some(Instant::now());
+    drop(state);
+    tracing::warn!(
+        late_ms,
+        refused,
+        "refused writes whose attempt had already ended by this node's clock: expected after a \
+         stall; if it persists, this node's clock is ahead of its clients' (check NTP)"
+    );
+}
 
 /// Computes one write's new object; the error is the op's reply when it cannot apply.
 pub(super) fn apply_op(
@@ -15,10 +42,10 @@ pub(super) fn apply_op(
     now: u64,
     conflict: ConflictPolicy,
 ) -> Result<CausalContext, KvError> {
-    if op.not_after_ms.is_some_and(|t| now > t) {
-        // Only after a stall: the client retried elsewhere, so applying it now could undo
-        // what the client did since.
-        tracing::info!("refused a write the client had given up on");
+    if let Some(t) = op.not_after_ms.filter(|&t| now > t) {
+        // After a stall (the client retried elsewhere, so applying it now could undo what the
+        // client did since), or a clock running ahead of the client's.
+        note_late_write(now - t);
         return Err(KvError::Timeout);
     }
     // Counters come from one node-wide sequence shared by every incarnation: a context naming
