@@ -72,7 +72,10 @@ fn chrono_secs(stamp: &str) -> Option<i64> {
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.trim_end_matches('Z').split(':');
-    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let s = t.next()?.split('.').next()?.parse::<i64>().ok()?;
     // Days from the civil date (Howard Hinnant's algorithm).
     let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
@@ -112,7 +115,11 @@ async fn run_and_check(c: &TestCluster, client: &Client, tag: &str) -> workload:
     let report = check(&run.history, &finals);
     eprintln!("{tag}: {:?}; {report}", run.counts);
     assert!(report.is_ok(), "{tag}: {report}");
-    assert!(run.counts.acked > 20, "{tag}: too little load: {:?}", run.counts);
+    assert!(
+        run.counts.acked > 20,
+        "{tag}: too little load: {:?}",
+        run.counts
+    );
     run.counts
 }
 
@@ -127,7 +134,8 @@ fn via(node: &str) -> RequestOptions {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_minutes_off_loses_no_acknowledged_write() {
     let Some(lib) = libfaketime() else {
-        let line = "\n*** SKIPPED clock_skew: libfaketime not found (apt-get install faketime) ***\n\n";
+        let line =
+            "\n*** SKIPPED clock_skew: libfaketime not found (apt-get install faketime) ***\n\n";
         let _ = std::io::stderr().write_all(line.as_bytes());
         return;
     };
@@ -146,12 +154,16 @@ async fn a_node_minutes_off_loses_no_acknowledged_write() {
         .put_with("ahead-direct", b"v", &via(&skewed))
         .await
         .unwrap_err();
-    assert!(matches!(err, KvError::Timeout), "refused as expired: {err:?}");
+    assert!(
+        matches!(err, KvError::Timeout),
+        "refused as expired: {err:?}"
+    );
     let r = client.get("ahead-direct").await.unwrap();
     assert!(r.value().is_none(), "a refused write was applied somewhere");
     run_and_check(&c, &client, "ahead").await;
     assert!(
-        c.log(2).contains("refused writes whose attempt had already ended"),
+        c.log(2)
+            .contains("refused writes whose attempt had already ended"),
         "the node ahead says why it refuses"
     );
 

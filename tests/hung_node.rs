@@ -101,7 +101,7 @@ async fn a_write_given_up_by_the_client_is_not_applied_when_the_node_resumes() {
             let log = log.clone();
             async move {
                 std::fs::read_to_string(&log)
-                    .is_ok_and(|l| l.contains("refused a write the client had given up on"))
+                    .is_ok_and(|l| l.contains("refused writes whose attempt had already ended"))
             }
         },
     )
