@@ -114,6 +114,10 @@ enum Cmd {
         /// Skip loading the keys before a read or mixed run (a previous run loaded them)
         #[arg(long)]
         no_load: bool,
+        /// Start this many operations per second in all (open loop; latency counts from when
+        /// each was due) instead of each request in flight starting the next at once.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Drive a Redis-protocol server instead of the cluster through the SDK:
         /// resp://HOST:PORT (a ringkv node's Redis port, or a redis-server).
         #[arg(long)]
@@ -577,6 +581,7 @@ async fn run_bench(target: bench::Target, cmd: Cmd) -> ExitCode {
         json,
         progress,
         no_load,
+        rate,
         ..
     } = cmd
     else {
@@ -591,6 +596,7 @@ async fn run_bench(target: bench::Target, cmd: Cmd) -> ExitCode {
         distribution,
         progress,
         load: !no_load,
+        rate,
     };
     match bench::run_on(&target, &opts).await {
         Ok(report) if json => {

@@ -71,6 +71,15 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Write every key before a read or mixed run.
     pub load: bool,
+    /// Total operations per second to start, spread evenly over the requests in flight; `None`
+    /// starts the next one as soon as the last returns.
+    pub rate: Option<f64>,
+}
+
+/// When each worker starts its operations at a fixed rate: `period` apart, worker `t` of `n`
+/// first at `t / n` of a period after `start`, so the workers' starts interleave.
+fn schedule(start: Instant, period: Duration, t: usize, n: usize) -> Instant {
+    start + period.mul_f64(t as f64 / n.max(1) as f64)
 }
 
 /// Per-second figures shared by the workers and the progress printer.
@@ -116,6 +125,8 @@ pub struct BenchReport {
     pub workload: String,
     /// Requests in flight.
     pub concurrency: usize,
+    /// Operations per second asked for (`None`: as fast as they return).
+    pub target_rate: Option<f64>,
     /// Successful operations.
     pub ops: u64,
     /// Failed operations.
@@ -220,6 +231,9 @@ pub async fn run_on(target: &Target, opts: &BenchOptions) -> Result<BenchReport,
     if opts.keys == 0 || opts.concurrency == 0 {
         return Err("--keys and --concurrency must be at least 1".into());
     }
+    if opts.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("--rate must be a positive number of operations per second".into());
+    }
     let value: Arc<Vec<u8>> = Arc::new((0..opts.value_size).map(|i| (i % 251) as u8).collect());
     let needs_load = opts.load && matches!(opts.workload, Workload::Read | Workload::Mixed(_));
     let (loaded_keys, load_rate) = if needs_load {
@@ -260,7 +274,27 @@ pub async fn run_on(target: &Target, opts: &BenchOptions) -> Result<BenchReport,
             let mut rng = SmallRng::seed_from_u64(t as u64 * 7919 + 1);
             let zipf = Zipf::new(opts.keys as f64, 0.99).unwrap();
             let (mut ok, mut errs, mut samples) = (0u64, 0u64, Vec::<String>::new());
+            // At a fixed rate, an operation started late counts from when it was due, so a
+            // stall shows in the latencies of every operation it delayed, not of one.
+            let period = opts
+                .rate
+                .map(|r| Duration::from_secs_f64(opts.concurrency as f64 / r));
+            let mut due = period.map(|p| schedule(started, p, t, opts.concurrency));
             while Instant::now() < end {
+                let mut this_due = None;
+                if let (Some(at), Some(p)) = (due.as_mut(), period) {
+                    if *at >= end {
+                        break;
+                    }
+                    // Behind schedule, the operation counts from when it was due; ahead, from
+                    // when the timer (a millisecond coarse) woke this worker.
+                    if Instant::now() < *at {
+                        tokio::time::sleep_until((*at).into()).await;
+                    } else {
+                        this_due = Some(*at);
+                    }
+                    *at += p;
+                }
                 let k = match opts.distribution {
                     KeyDistribution::Uniform => rng.random_range(0..opts.keys),
                     KeyDistribution::Zipfian => zipf.sample(&mut rng) as u64 - 1,
@@ -271,7 +305,7 @@ pub async fn run_on(target: &Target, opts: &BenchOptions) -> Result<BenchReport,
                     Workload::Update | Workload::Ping => false,
                     Workload::Mixed(p) => rng.random_range(0..100u8) < p,
                 };
-                let t0 = Instant::now();
+                let t0 = this_due.unwrap_or_else(Instant::now);
                 let r = match opts.workload {
                     Workload::Ping => conn.ping().await,
                     _ if read => conn.get(&key).await,
@@ -326,6 +360,7 @@ pub async fn run_on(target: &Target, opts: &BenchOptions) -> Result<BenchReport,
             Workload::Mixed(p) => format!("mixed:{p}"),
         },
         concurrency: opts.concurrency,
+        target_rate: opts.rate,
         ops,
         errors,
         seconds,
@@ -382,8 +417,11 @@ impl BenchReport {
                 self.loaded_keys, self.load_ops_per_sec
             );
         }
+        let asked = self
+            .target_rate
+            .map_or_else(String::new, |r| format!(" (asked {r:.0}/s)"));
         s += &format!(
-            "{} c={}: {:.0} ops/s ({} ops, {} errors in {:.1} s)\nlatency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            "{} c={}{asked}: {:.0} ops/s ({} ops, {} errors in {:.1} s)\nlatency ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             self.workload,
             self.concurrency,
             self.ops_per_sec,
@@ -400,5 +438,20 @@ impl BenchReport {
             s += &format!("\nerror: {e}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_rate_workers_interleave_within_one_period() {
+        let start = Instant::now();
+        let p = Duration::from_millis(8);
+        let starts: Vec<_> = (0..4).map(|t| schedule(start, p, t, 4)).collect();
+        assert_eq!(starts[0], start);
+        assert_eq!(starts[2] - start, Duration::from_millis(4));
+        assert!(starts.windows(2).all(|w| w[0] < w[1]) && starts[3] < start + p);
     }
 }
