@@ -373,7 +373,12 @@ impl VnodeStore {
 
     /// Makes every earlier in-memory commit durable with one empty durable commit.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| err("begin write", e))?;
+        Self::checkpoint_in(&self.db)
+    }
+
+    /// [`VnodeStore::checkpoint`] through a shared handle, for a blocking thread.
+    pub fn checkpoint_in(db: &Database) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(|e| err("begin write", e))?;
         txn.commit().map_err(|e| err("commit", e))
     }
 }

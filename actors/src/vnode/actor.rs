@@ -86,6 +86,8 @@ pub struct VnodeState {
     memtable_bytes: usize,
     /// A flush was asked for at once because the memtable is full.
     flush_asked: bool,
+    /// A checkpoint's durable commit runs on a blocking thread; memtable flushes wait for it.
+    checkpointing: bool,
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
@@ -174,6 +176,7 @@ impl Actor for Vnode {
             flush_scheduled: false,
             memtable_bytes: 0,
             flush_asked: false,
+            checkpointing: false,
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
@@ -223,6 +226,10 @@ impl Actor for Vnode {
                 state.drain_scheduled = false;
                 commit(state)?;
             }
+            VnodeMessage::FlushMemtable if state.checkpointing => {
+                // Its write transaction would wait for the checkpoint's, and the mailbox with it.
+                myself.send_after(CHECKPOINT_POLL, || VnodeMessage::FlushMemtable);
+            }
             VnodeMessage::FlushMemtable => {
                 state.flush_scheduled = false;
                 flush_memtable(state).await?;
@@ -230,11 +237,22 @@ impl Actor for Vnode {
             VnodeMessage::Flush(reply) => {
                 commit(state)?;
                 flush_memtable(state).await?;
-                let result = tokio::task::block_in_place(|| state.store.checkpoint());
-                let failed = result.is_err();
-                let _ = reply.send(result.map_err(|e| e.to_string()));
-                if failed {
-                    return Err("vnode checkpoint failed".into());
+                // The durable commit (the file's fsync, which can take tens of milliseconds)
+                // runs beside the mailbox: writes go on into the memtable and the log, whose
+                // new segment covers them. Everything the sealed segment holds for this vnode
+                // was flushed above.
+                state.checkpointing = true;
+                let (db, me) = (state.store.reader(), myself.clone());
+                tokio::task::spawn_blocking(move || {
+                    let result = VnodeStore::checkpoint_in(&db).map_err(|e| e.to_string());
+                    let _ = reply.send(result.clone());
+                    let _ = me.cast(VnodeMessage::CheckpointDone(result));
+                });
+            }
+            VnodeMessage::CheckpointDone(result) => {
+                state.checkpointing = false;
+                if let Err(e) = result {
+                    return Err(format!("vnode checkpoint failed: {e}").into());
                 }
             }
             VnodeMessage::Reap(keys, reply) => {
@@ -539,6 +557,9 @@ const MEMTABLE_MAX_KEYS: usize = 1024;
 /// Bytes written to a memtable before it is flushed at once: bounds a node's memtables to
 /// this times its vnode count, whatever the value sizes.
 const MEMTABLE_MAX_BYTES: usize = 1 << 20;
+/// How often a memtable flush due during a checkpoint looks again whether it may run.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
+
 /// Longest a write waits in the memtable before the file gets it: long enough that one redb
 /// transaction carries many keys (its fixed cost dominated flushes every 50 ms).
 const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(1000);

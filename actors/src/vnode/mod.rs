@@ -83,6 +83,8 @@ pub enum VnodeMessage {
     FlushMemtable,
     /// Make every committed write durable in the vnode's own file (commit log checkpoint).
     Flush(RpcReplyPort<Result<(), String>>),
+    /// A checkpoint's durable commit finished (sent by the vnode to itself).
+    CheckpointDone(Result<(), String>),
     /// Fail on purpose so the supervisor restarts this vnode (fault injection).
     Crash,
     /// Remove these tombstones, each only if its object still has the given digest; answers
