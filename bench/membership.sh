@@ -4,7 +4,9 @@
 # during the 4->3 leave (`cluster remove n4`); prints each phase's rate, p50/p99 and errors, and
 # the transfer throughput per transfer and per receiving node.
 # Usage: bench/membership.sh DIR [MB_PER_SEC]   (0, the default here, is unthrottled)
-# Needs `cargo build --release` first. Env: DUR (seconds per phase, 40), KEYS (1000000).
+# Needs `cargo build --release` first. Env: DUR (seconds per phase, 40), KEYS (1000000);
+# READ_RATE and UPDATE_RATE (ops/s) run each bench open loop at that rate (`bench --rate`)
+# instead of as fast as 32 requests in flight go.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 B=$REPO/target/release/ringkv
@@ -15,9 +17,10 @@ export RINGKV__MEMBERSHIP__HANDOFF_MB_PER_SEC=$MBPS
 $B cluster up --detach --data-dir $D/data > up.log 2>&1 || { cat up.log; exit 1; }
 C=$D/data/cluster.toml
 $B --config $C bench --workload read --keys $KEYS --duration 2 --json > load.json
+RR=${READ_RATE:+--rate $READ_RATE}; UR=${UPDATE_RATE:+--rate $UPDATE_RATE}
 pair() { # name duration
-  $B --config $C bench --workload read --no-load --keys $KEYS --concurrency 32 --duration $2 --json > $1-read.json &
-  $B --config $C bench --workload update --keys $KEYS --concurrency 32 --duration $2 --json > $1-update.json &
+  $B --config $C bench --workload read --no-load --keys $KEYS --concurrency 32 --duration $2 $RR --json > $1-read.json &
+  $B --config $C bench --workload update --keys $KEYS --concurrency 32 --duration $2 $UR --json > $1-update.json &
 }
 pair steady 15; wait
 pair join $DUR; sleep 3

@@ -44,6 +44,18 @@ impl Memtable {
             .collect()
     }
 
+    /// Forgets the entries of `flushed` that still hold the very object flushed (a key
+    /// written again since keeps its newer one); returns the bytes the remaining entries hold.
+    pub fn remove_flushed(&self, flushed: &[(Vec<u8>, Arc<Stored>)]) -> usize {
+        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        for (k, o) in flushed {
+            if map.get(k).is_some_and(|now| Arc::ptr_eq(now, o)) {
+                map.remove(k);
+            }
+        }
+        map.values().map(|o| o.encoded.len()).sum()
+    }
+
     /// Forgets every entry; call once they are committed to the file.
     pub fn clear(&self) {
         self.entries
@@ -79,5 +91,41 @@ impl Memtable {
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::codec::encode_object;
+    use crate::core::version::Object;
+
+    fn stored(tag: u8) -> Arc<Stored> {
+        let mut o = Object::default();
+        o.update(
+            "n1~1",
+            1,
+            None,
+            Some(vec![tag]),
+            1,
+            crate::core::version::ConflictPolicy::LastWriteWins,
+        );
+        let bytes = encode_object(&o);
+        Stored::new(o, bytes)
+    }
+
+    #[test]
+    fn a_flush_forgets_only_what_it_wrote() {
+        let m = Memtable::default();
+        let (a1, b1) = (stored(1), stored(2));
+        m.insert_all([(b"a".to_vec(), a1.clone()), (b"b".to_vec(), b1.clone())]);
+        let flushed = m.snapshot();
+        // Written again while the flush ran: the newer object stays.
+        let a2 = stored(3);
+        m.insert_all([(b"a".to_vec(), a2.clone())]);
+        let left = m.remove_flushed(&flushed);
+        assert!(m.get(b"b").is_none());
+        assert!(Arc::ptr_eq(&m.get(b"a").unwrap(), &a2));
+        assert_eq!(left, a2.encoded.len());
     }
 }

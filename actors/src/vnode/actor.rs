@@ -88,6 +88,8 @@ pub struct VnodeState {
     flush_asked: bool,
     /// A checkpoint's durable commit runs on a blocking thread; memtable flushes wait for it.
     checkpointing: bool,
+    /// The memtable flush running on a blocking thread: what it writes and its outcome.
+    flushing: Option<oneshot::Receiver<FlushOutcome>>,
     pending: Vec<Op>,
     pending_bytes: usize,
     drain_scheduled: bool,
@@ -177,6 +179,7 @@ impl Actor for Vnode {
             memtable_bytes: 0,
             flush_asked: false,
             checkpointing: false,
+            flushing: None,
             pending: Vec::new(),
             pending_bytes: 0,
             drain_scheduled: false,
@@ -220,22 +223,28 @@ impl Actor for Vnode {
                     let _ = reply.send(Err(KvError::Storage(e)));
                     return Ok(());
                 }
+                finish_flush(state).await?;
                 ingest(state, &myself, pairs, reply).await?;
             }
             VnodeMessage::Drain => {
                 state.drain_scheduled = false;
                 commit(state)?;
             }
-            VnodeMessage::FlushMemtable if state.checkpointing => {
-                // Its write transaction would wait for the checkpoint's, and the mailbox with it.
+            VnodeMessage::FlushMemtable if state.checkpointing || state.flushing.is_some() => {
+                // Its write transaction would wait for the other one, and the mailbox with it.
                 myself.send_after(CHECKPOINT_POLL, || VnodeMessage::FlushMemtable);
             }
             VnodeMessage::FlushMemtable => {
                 state.flush_scheduled = false;
-                flush_memtable(state).await?;
+                start_flush(state, &myself);
+            }
+            VnodeMessage::Flushed => {
+                finish_flush(state).await?;
             }
             VnodeMessage::Flush(reply) => {
                 commit(state)?;
+                // After the flush in flight (its older snapshot must not land after this one).
+                finish_flush(state).await?;
                 flush_memtable(state).await?;
                 // The durable commit (the file's fsync, which can take tens of milliseconds)
                 // runs beside the mailbox: writes go on into the memtable and the log, whose
@@ -257,6 +266,7 @@ impl Actor for Vnode {
             }
             VnodeMessage::Reap(keys, reply) => {
                 commit(state)?;
+                finish_flush(state).await?;
                 let removed = reap(state, keys)?;
                 let _ = reply.send(removed);
             }
@@ -570,7 +580,55 @@ fn myself_flush_after(state: &VnodeState) {
     }
 }
 
-/// Commits the memtable to the file in one in-memory transaction and empties it.
+/// What a memtable flush wrote, and whether it could.
+type FlushOutcome = (Vec<(Vec<u8>, Arc<Stored>)>, Result<(), String>);
+
+/// Starts writing the memtable to the file (one in-memory transaction) on a blocking thread
+/// while the vnode goes on taking writes: a flush of a second's writes takes milliseconds,
+/// tens on a busy machine, and every write to this vnode would wait that long. The vnode hears
+/// of the end through [`VnodeMessage::Flushed`]; the memtable keeps every entry until then, so
+/// readers find them there or, after the commit, in the file.
+fn start_flush(state: &mut VnodeState, myself: &ActorRef<VnodeMessage>) {
+    state.flush_asked = false;
+    if state.memtable.is_empty() {
+        return;
+    }
+    let pairs = state.memtable.snapshot();
+    let db = state.store.reader();
+    let (tx, rx) = oneshot::channel();
+    let me = myself.clone();
+    tokio::task::spawn_blocking(move || {
+        let refs = pairs
+            .iter()
+            .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
+        let result = VnodeStore::put_encoded_in(&db, refs, false).map_err(|e| e.to_string());
+        let _ = tx.send((pairs, result));
+        let _ = me.cast(VnodeMessage::Flushed);
+    });
+    state.flushing = Some(rx);
+}
+
+/// Waits for the flush in flight, if any, and forgets from the memtable what it wrote.
+async fn finish_flush(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
+    let Some(rx) = state.flushing.take() else {
+        return Ok(());
+    };
+    let (pairs, result) = rx
+        .await
+        .map_err(|_| format!("vnode {} flush task lost", state.args.partition))?;
+    if let Err(e) = result {
+        return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
+    }
+    state.memtable_bytes = state.memtable.remove_flushed(&pairs);
+    if !state.memtable.is_empty() && !state.flush_scheduled {
+        state.flush_scheduled = true;
+        myself_flush_after(state);
+    }
+    Ok(())
+}
+
+/// Commits the memtable to the file in one in-memory transaction and empties it, with the
+/// mailbox waiting (a checkpoint needs every entry in the file).
 async fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
     state.flush_asked = false;
     if state.memtable.is_empty() {

@@ -81,6 +81,8 @@ pub enum VnodeMessage {
     Drain,
     /// Write the memtable to the vnode's file (in memory until the next checkpoint).
     FlushMemtable,
+    /// The memtable flush in flight finished (sent by the vnode to itself).
+    Flushed,
     /// Make every committed write durable in the vnode's own file (commit log checkpoint).
     Flush(RpcReplyPort<Result<(), String>>),
     /// A checkpoint's durable commit finished (sent by the vnode to itself).
