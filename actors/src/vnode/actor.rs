@@ -1,4 +1,4 @@
-//! The vnode actor: its mailbox, group commit, ingest, memtable flush and checkpoint.
+//! The vnode actor: its mailbox, group commit, ingest and checkpoint; memtable flushes in `flush`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +23,13 @@ use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
 use crate::storage::stored::Stored;
 use crate::storage::vnode_store::{EncodedPairs, StoreError, VnodeStore};
+
+mod flush;
+
+use flush::{
+    CHECKPOINT_POLL, FlushOutcome, MEMTABLE_MAX_BYTES, MEMTABLE_MAX_KEYS, finish_flush,
+    flush_memtable, myself_flush_after, start_flush,
+};
 
 /// The vnode actor.
 #[derive(Debug, Default)]
@@ -560,98 +567,4 @@ fn reap(state: &mut VnodeState, keys: Vec<(Vec<u8>, u64)>) -> Result<u64, ActorP
         tree.update(key, Some(*digest), None);
     }
     Ok(gone.len() as u64)
-}
-
-/// Keys a memtable holds before it is flushed at once.
-const MEMTABLE_MAX_KEYS: usize = 1024;
-/// Bytes written to a memtable before it is flushed at once: bounds a node's memtables to
-/// this times its vnode count, whatever the value sizes.
-const MEMTABLE_MAX_BYTES: usize = 1 << 20;
-/// How often a memtable flush due during a checkpoint looks again whether it may run.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
-
-/// Longest a write waits in the memtable before the file gets it: long enough that one redb
-/// transaction carries many keys (its fixed cost dominated flushes every 50 ms).
-const MEMTABLE_FLUSH_AFTER: Duration = Duration::from_millis(1000);
-
-fn myself_flush_after(state: &VnodeState) {
-    if let Some(me) = state.args.table.vnode(state.args.partition) {
-        me.send_after(MEMTABLE_FLUSH_AFTER, || VnodeMessage::FlushMemtable);
-    }
-}
-
-/// What a memtable flush wrote, and whether it could.
-type FlushOutcome = (Vec<(Vec<u8>, Arc<Stored>)>, Result<(), String>);
-
-/// Starts writing the memtable to the file (one in-memory transaction) on a blocking thread
-/// while the vnode goes on taking writes: a flush of a second's writes takes milliseconds,
-/// tens on a busy machine, and every write to this vnode would wait that long. The vnode hears
-/// of the end through [`VnodeMessage::Flushed`]; the memtable keeps every entry until then, so
-/// readers find them there or, after the commit, in the file.
-fn start_flush(state: &mut VnodeState, myself: &ActorRef<VnodeMessage>) {
-    state.flush_asked = false;
-    if state.memtable.is_empty() {
-        return;
-    }
-    let pairs = state.memtable.snapshot();
-    let db = state.store.reader();
-    let (tx, rx) = oneshot::channel();
-    let me = myself.clone();
-    tokio::task::spawn_blocking(move || {
-        let refs = pairs
-            .iter()
-            .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
-        let result = VnodeStore::put_encoded_in(&db, refs, false).map_err(|e| e.to_string());
-        let _ = tx.send((pairs, result));
-        let _ = me.cast(VnodeMessage::Flushed);
-    });
-    state.flushing = Some(rx);
-}
-
-/// Waits for the flush in flight, if any, and forgets from the memtable what it wrote.
-async fn finish_flush(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
-    let Some(rx) = state.flushing.take() else {
-        return Ok(());
-    };
-    let (pairs, result) = rx
-        .await
-        .map_err(|_| format!("vnode {} flush task lost", state.args.partition))?;
-    if let Err(e) = result {
-        return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
-    }
-    state.memtable_bytes = state.memtable.remove_flushed(&pairs);
-    if !state.memtable.is_empty() && !state.flush_scheduled {
-        state.flush_scheduled = true;
-        myself_flush_after(state);
-    }
-    Ok(())
-}
-
-/// Commits the memtable to the file in one in-memory transaction and empties it, with the
-/// mailbox waiting (a checkpoint needs every entry in the file).
-async fn flush_memtable(state: &mut VnodeState) -> Result<(), ActorProcessingErr> {
-    state.flush_asked = false;
-    if state.memtable.is_empty() {
-        return Ok(());
-    }
-    let pairs = state.memtable.snapshot();
-    let db = state.store.reader();
-    // On a blocking thread: a second's writes take a millisecond or more to insert, which on
-    // the runtime's worker would stall every actor of the node, not just this vnode.
-    let flushed = tokio::task::spawn_blocking(move || {
-        let pairs = pairs
-            .iter()
-            .map(|(k, s)| (k.as_slice(), s.encoded.as_slice()));
-        VnodeStore::put_encoded_in(&db, pairs, false).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = flushed {
-        return Err(format!("vnode {} flush failed: {e}", state.args.partition).into());
-    }
-    // The vnode is the only writer and waited for the flush, so nothing changed since
-    // `snapshot()`.
-    state.memtable.clear();
-    state.memtable_bytes = 0;
-    Ok(())
 }
