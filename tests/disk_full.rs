@@ -181,17 +181,30 @@ async fn wait_writable(client: &Client) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
-    let extra = "[storage]\nlog_segment_mb = 2\nmin_free_mb = 6\n";
-    let mut c = TestCluster::configure("dfull", 1, extra);
-    let Some(disk) = tmpfs_or_skip("disk_full", &c.node_dir(0), 24) else {
-        return;
-    };
+/// A one-node cluster whose data folder is a tmpfs of `mb` MiB, its client and the node's pid;
+/// `None` when the tmpfs cannot be mounted (skipped loudly).
+async fn node_on_tmpfs(
+    test: &str,
+    prefix: &str,
+    extra: &str,
+    mb: u64,
+) -> Option<(TestCluster, Tmpfs, Client, u32)> {
+    let mut c = TestCluster::configure(prefix, 1, extra);
+    let disk = tmpfs_or_skip(test, &c.node_dir(0), mb)?;
     c.spawn(0);
     c.wait_ready().await;
     let client = c.client().await;
     let pid = c.pid(0);
+    Some((c, disk, client, pid))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+    let extra = "[storage]\nlog_segment_mb = 2\nmin_free_mb = 6\n";
+    let Some((mut c, disk, client, pid)) = node_on_tmpfs("disk_full", "dfull", extra, 24).await
+    else {
+        return;
+    };
 
     // The guard refuses writes while a few MiB are still free.
     let (mut acked, refused) = write_until_refused(&client, "a", Duration::from_secs(120)).await;
@@ -250,14 +263,11 @@ async fn without_the_guard_a_disk_full_of_log_loses_nothing_and_recovers() {
     // The guard off: writes run the file system out of space in the commit log itself, and a
     // checkpoint can fail there too.
     let extra = "[storage]\nlog_segment_mb = 2\nmin_free_mb = 0\n";
-    let mut c = TestCluster::configure("dnog", 1, extra);
-    let Some(disk) = tmpfs_or_skip("disk_full (unguarded)", &c.node_dir(0), 20) else {
+    let Some((mut c, disk, client, pid)) =
+        node_on_tmpfs("disk_full (unguarded)", "dnog", extra, 20).await
+    else {
         return;
     };
-    c.spawn(0);
-    c.wait_ready().await;
-    let client = c.client().await;
-    let pid = c.pid(0);
 
     let (mut acked, refused) = write_until_refused(&client, "a", Duration::from_secs(120)).await;
     assert!(
