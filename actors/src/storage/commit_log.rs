@@ -291,11 +291,14 @@ struct Writer {
     failures: FailureLog,
 }
 
-/// Logs I/O failures once per kind per [`FAILURE_LOG_EVERY`], and the recovery after them: a
-/// full disk fails every batch.
+/// Logs I/O failures and the recovery after them, each at most once per
+/// [`FAILURE_LOG_EVERY`]: a full disk fails every batch, and one that frees a little space now
+/// and then would make them alternate.
 #[derive(Default)]
 struct FailureLog {
-    last: Option<Instant>,
+    failing: bool,
+    last_failure: Option<Instant>,
+    last_recovery: Option<Instant>,
     suppressed: u64,
 }
 
@@ -304,23 +307,32 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl FailureLog {
     fn warn(&mut self, e: &io::Error, what: &str) {
-        if self.last.is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY) {
+        self.failing = true;
+        if self
+            .last_failure
+            .is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY)
+        {
             self.suppressed += 1;
             return;
         }
         tracing::error!(error = %e, suppressed = self.suppressed, "{what}");
-        self.last = Some(Instant::now());
+        self.last_failure = Some(Instant::now());
         self.suppressed = 0;
     }
 
     fn recovered(&mut self) {
-        if self.last.take().is_some() {
-            tracing::warn!(
-                suppressed = self.suppressed,
-                "commit log writes succeed again"
-            );
-            self.suppressed = 0;
+        if !std::mem::take(&mut self.failing)
+            || self
+                .last_recovery
+                .is_some_and(|t| t.elapsed() < FAILURE_LOG_EVERY)
+        {
+            return;
         }
+        tracing::warn!(
+            failures_not_logged = self.suppressed,
+            "commit log writes succeed again"
+        );
+        self.last_recovery = Some(Instant::now());
     }
 }
 
