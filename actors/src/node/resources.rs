@@ -118,18 +118,8 @@ fn cgroup_limit(text: &str) -> Option<u64> {
 }
 
 fn disk_pct(dir: &Path) -> Option<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
-        return None;
-    }
-    Some(used_pct(
-        s.f_blocks as u64,
-        s.f_bfree as u64,
-        s.f_bavail as u64,
-    ))
+    let s = crate::storage::disk_guard::fs_stats(dir)?;
+    Some(used_pct(s.f_blocks, s.f_bfree, s.f_bavail))
 }
 
 /// Used space as `df` reports it: blocks reserved for root count as neither used nor

@@ -30,9 +30,8 @@ pub fn refuses(free: u64, min_free: u64, refusing: bool) -> bool {
     }
 }
 
-/// Bytes available to this process on the file system holding `dir`, or `None` when
-/// `statvfs` fails.
-pub fn available_bytes(dir: &Path) -> Option<u64> {
+/// The `statvfs` figures of the file system holding `dir`, or `None` when the call fails.
+pub fn fs_stats(dir: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
@@ -40,7 +39,13 @@ pub fn available_bytes(dir: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
         return None;
     }
-    Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+    Some(s)
+}
+
+/// Bytes available to this process on the file system holding `dir`, or `None` when
+/// `statvfs` fails.
+pub fn available_bytes(dir: &Path) -> Option<u64> {
+    fs_stats(dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// The node's view of its free disk space, read by every vnode before it takes a change.
@@ -78,17 +83,6 @@ impl DiskGuard {
                 })?;
         }
         Ok(guard)
-    }
-
-    /// A guard that never refuses (tests, tools).
-    pub fn off() -> Arc<DiskGuard> {
-        Arc::new(DiskGuard {
-            dir: PathBuf::new(),
-            min_free: 0,
-            free: AtomicU64::new(u64::MAX),
-            refusing: AtomicBool::new(false),
-            refused: AtomicU64::new(0),
-        })
     }
 
     /// Reads the free space now and logs when writes stop or resume being refused. A reading
@@ -136,21 +130,6 @@ impl DiskGuard {
             self.min_free >> 20
         ))
     }
-
-    /// Whether writes are being refused.
-    pub fn refusing(&self) -> bool {
-        self.refusing.load(Ordering::Relaxed)
-    }
-
-    /// Changes refused for lack of space since the node started.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-
-    /// Free bytes at the last reading (`u64::MAX` before one succeeded).
-    pub fn free_bytes(&self) -> u64 {
-        self.free.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
@@ -177,7 +156,7 @@ mod tests {
         let g = DiskGuard::watch(dir.path(), u64::MAX).unwrap();
         let e = g.check().unwrap_err();
         assert!(e.contains("disk full") && e.contains("min_free_mb"), "{e}");
-        assert_eq!(g.refused(), 1);
+        assert_eq!(g.refused.load(Ordering::Relaxed), 1);
     }
 
     proptest! {
