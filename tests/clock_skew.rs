@@ -58,7 +58,7 @@ fn log_skew_secs(c: &TestCluster, i: usize) -> i64 {
         .rev()
         .find_map(|l| l.split_whitespace().next().filter(|w| w.starts_with("20")))
         .unwrap_or_else(|| panic!("no timestamped line in {}'s log", c.ids[i]));
-    let then = chrono_secs(stamp).unwrap_or_else(|| panic!("unreadable timestamp {stamp}"));
+    let then = rfc3339_secs(stamp).unwrap_or_else(|| panic!("unreadable timestamp {stamp}"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -67,7 +67,7 @@ fn log_skew_secs(c: &TestCluster, i: usize) -> i64 {
 }
 
 /// Unix seconds of an RFC 3339 UTC stamp as tracing writes it (`2026-12-07T15:56:21.16Z`).
-fn chrono_secs(stamp: &str) -> Option<i64> {
+fn rfc3339_secs(stamp: &str) -> Option<i64> {
     let (date, time) = stamp.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
