@@ -16,7 +16,7 @@ use ringkv_actors::fuzz_checks;
 use ringkv_actors::protocol::{
     ChunkRequest, GetRequest, Heartbeat, PutRequest, TransferChunk, TransferReport, encode_context,
 };
-use ringkv_actors::storage::commit_log::{LogEntry, encode_record};
+use ringkv_actors::storage::log_record::{LogEntry, encode_record};
 use serde_bytes::ByteBuf;
 
 type Check = fn(&[u8]);

@@ -15,7 +15,7 @@ use crate::protocol::{
     ReapRequest, SegmentRequest, TransferChunk, TransferReport, TreeRequest, WriteAnswer, WriteAsk,
     decode_context, encode_context,
 };
-use crate::storage::commit_log::{decode_records, encode_record};
+use crate::storage::log_record::{decode_records, encode_record};
 
 /// Decodes `data` as `T`; what decodes must survive a re-encoding.
 fn round_trip<T: Serialize + DeserializeOwned>(data: &[u8]) {

@@ -10,28 +10,20 @@
 //! durable (`Durability::Immediate`) after applying it. Segments roll over at a size; sealed
 //! segments are deleted by [`CommitLog::release_through`] once every vnode has checkpointed.
 //!
-//! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload`, payload =
-//! `partition: u32 LE | key_len: u32 LE | key | object`. A torn or corrupt tail ends a segment.
+//! The record format is in [`super::log_record`]; [`super::log_index`] keeps which segments
+//! hold which partitions, so a vnode starting at run time reads only those.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// One logged write: the full object a vnode stored for a key after applying it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// Partition (vnode) the key belongs to.
-    pub partition: u32,
-    /// The key bytes.
-    pub key: Vec<u8>,
-    /// The encoded object stored for the key.
-    pub object: Vec<u8>,
-}
+use super::log_index::SegmentIndex;
+use super::log_record::{LogEntry, encode_record, read_segments, segment_ids, segment_path};
 
 /// A group commit waits for more writes only after a group of at least this many: about that
 /// many writers are waiting on each sync. Fewer gain little from a wait that each of them pays.
@@ -62,6 +54,9 @@ pub struct CommitLog {
     tx: mpsc::Sender<Command>,
     dir: PathBuf,
     syncs: Arc<AtomicU64>,
+    index: Arc<Mutex<SegmentIndex>>,
+    /// The segment being appended to.
+    current: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for CommitLog {
@@ -72,109 +67,6 @@ impl std::fmt::Debug for CommitLog {
 
 /// Segments sealed by the writer: their ids may be released once every vnode checkpointed.
 pub type SealedReceiver = mpsc::Receiver<u64>;
-
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("seg-{id:010}.log"))
-}
-
-/// Ids of the segments present in `dir`, ascending.
-pub fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(id) = name
-            .strip_prefix("seg-")
-            .and_then(|s| s.strip_suffix(".log"))
-            .and_then(|s| s.parse().ok())
-        {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// Appends `e` as one record: length, CRC-32 of the rest, partition, key length, key, object.
-pub fn encode_record(e: &LogEntry, out: &mut Vec<u8>) {
-    let payload_len = 8 + e.key.len() + e.object.len();
-    let start = out.len();
-    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&e.partition.to_le_bytes());
-    out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&e.key);
-    out.extend_from_slice(&e.object);
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Decodes consecutive records from `bytes`, stopping at the first torn or corrupt one.
-/// Returns the entries and whether the whole input was consumed cleanly.
-pub fn decode_records(bytes: &[u8]) -> (Vec<LogEntry>, bool) {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + 8) else {
-            return (out, false);
-        };
-        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
-        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            return (out, false);
-        };
-        if len < 8 || crc32fast::hash(payload) != crc {
-            return (out, false);
-        }
-        let partition = u32::from_le_bytes(payload[0..4].try_into().unwrap());
-        let key_len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
-        if 8 + key_len > len {
-            return (out, false);
-        }
-        out.push(LogEntry {
-            partition,
-            key: payload[8..8 + key_len].to_vec(),
-            object: payload[8 + key_len..].to_vec(),
-        });
-        at += 8 + len;
-    }
-    (out, true)
-}
-
-/// Reads every entry of every segment in `dir`, oldest first; `only` keeps one partition.
-/// A segment removed while reading was released, so its entries are durable elsewhere.
-pub fn read_entries(dir: &Path, only: Option<u32>) -> io::Result<Vec<LogEntry>> {
-    let mut all = Vec::new();
-    let ids = segment_ids(dir)?;
-    let newest = ids.last().copied();
-    for id in ids {
-        let mut bytes = Vec::new();
-        match File::open(segment_path(dir, id)) {
-            Ok(f) => BufReader::new(f).read_to_end(&mut bytes)?,
-            // Segments are released oldest first, so everything read so far was released too.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                all.clear();
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let (entries, clean) = decode_records(&bytes);
-        // The newest segment may be mid-append; an older one ends torn only after a crash.
-        if !clean && Some(id) != newest {
-            tracing::warn!(
-                segment = id,
-                kept = entries.len(),
-                "commit log segment has a torn or corrupt tail; replaying the valid prefix"
-            );
-        }
-        all.extend(
-            entries
-                .into_iter()
-                .filter(|e| only.is_none_or(|p| p == e.partition)),
-        );
-    }
-    Ok(all)
-}
 
 impl CommitLog {
     /// Opens the log in `dir`, starting a new segment after any existing ones.
@@ -197,10 +89,18 @@ impl CommitLog {
         if let Some(&last) = existing.last() {
             let _ = sealed_tx.send(last);
         }
+        let mut index = SegmentIndex::default();
+        for &id in &existing {
+            index.note_existing(id);
+        }
+        let index = Arc::new(Mutex::new(index));
+        let current = Arc::new(AtomicU64::new(next));
         let file = open_segment(dir, next)?;
         let (tx, rx) = mpsc::channel();
         let syncs = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            index: index.clone(),
+            current: current.clone(),
             syncs: syncs.clone(),
             dir: dir.to_path_buf(),
             durability,
@@ -223,6 +123,8 @@ impl CommitLog {
                 tx,
                 dir: dir.to_path_buf(),
                 syncs,
+                index,
+                current,
             },
             sealed_rx,
             handle,
@@ -253,6 +155,17 @@ impl CommitLog {
         self.tx.send(Command::Barrier(tx)).is_ok() && rx.recv().is_ok()
     }
 
+    /// Every entry of `partition` still in the log, oldest first, including all appended
+    /// before this call; reads only the segments that hold the partition.
+    pub fn entries_of(&self, partition: u32) -> io::Result<Vec<LogEntry>> {
+        if !self.barrier() {
+            return Err(io::Error::other("commit log stopped"));
+        }
+        let ids = lock(&self.index).segments_with(partition);
+        let newest = self.current.load(Ordering::Acquire);
+        read_segments(&self.dir, &ids, Some(newest), Some(partition))
+    }
+
     /// Deletes sealed segments up to and including `id` (every vnode has checkpointed them).
     pub fn release_through(&self, id: u64) {
         let _ = self.tx.send(Command::Release(id));
@@ -274,8 +187,14 @@ fn open_segment(dir: &Path, id: u64) -> io::Result<File> {
     Ok(file)
 }
 
+fn lock(index: &Mutex<SegmentIndex>) -> std::sync::MutexGuard<'_, SegmentIndex> {
+    index.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Writer {
     dir: PathBuf,
+    index: Arc<Mutex<SegmentIndex>>,
+    current: Arc<AtomicU64>,
     durability: LogDurability,
     segment_bytes: u64,
     id: u64,
@@ -367,6 +286,7 @@ impl Writer {
                 std::thread::sleep(self.group_window);
             }
             let mut acks: Vec<OnDurable> = Vec::new();
+            let mut partitions = Vec::new();
             let mut writes = 0u64;
             let mut barriers = Vec::new();
             let mut stop = false;
@@ -376,6 +296,7 @@ impl Writer {
                     Command::Append(entries, ack) => {
                         for e in &entries {
                             encode_record(e, &mut buf);
+                            partitions.push(e.partition);
                         }
                         acks.extend(ack);
                         writes += entries.len() as u64;
@@ -388,7 +309,9 @@ impl Writer {
                     cmd = rx.try_recv().ok();
                 }
             }
-            let outcome = self.write_batch(&buf, &barriers, stop);
+            partitions.sort_unstable();
+            partitions.dedup();
+            let outcome = self.write_batch(&buf, &partitions, &barriers, stop);
             buf.clear();
             last_group = writes;
             match outcome {
@@ -427,12 +350,15 @@ impl Writer {
     fn write_batch(
         &mut self,
         buf: &[u8],
+        partitions: &[u32],
         barriers: &[mpsc::Sender<()>],
         stop: bool,
     ) -> io::Result<()> {
         if self.torn {
             self.roll_unsynced()?;
         }
+        // Before the write: a reader may find the records the moment they are in the file.
+        lock(&self.index).note(self.id, partitions.iter().copied());
         let start = self.written;
         if let Err(e) = self.append_and_sync(buf, barriers, stop) {
             self.cut_back(start);
@@ -493,6 +419,7 @@ impl Writer {
         let next = open_segment(&self.dir, self.id + 1)?;
         let sealed = self.id;
         self.id += 1;
+        self.current.store(self.id, Ordering::Release);
         self.file = next;
         self.written = 0;
         self.dirty = false;
@@ -518,6 +445,7 @@ impl Writer {
         let next = open_segment(&self.dir, self.id + 1)?;
         let sealed = self.id;
         self.id += 1;
+        self.current.store(self.id, Ordering::Release);
         self.file = next;
         self.written = 0;
         let _ = self.sealed.send(sealed);
@@ -534,6 +462,7 @@ impl Writer {
                 tracing::warn!(segment = id, error = %e, "could not delete released log segment");
                 return;
             }
+            lock(&self.index).forget(id);
         }
     }
 }
@@ -541,7 +470,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use crate::storage::log_record::read_entries;
 
     fn entry(p: u32, k: &str, v: &str) -> LogEntry {
         LogEntry {
@@ -681,31 +610,46 @@ mod tests {
     }
 
     #[test]
-    fn torn_tail_keeps_the_valid_prefix() {
-        let mut buf = Vec::new();
-        encode_record(&entry(3, "k", "v"), &mut buf);
-        encode_record(&entry(3, "k2", "v2"), &mut buf);
-        let cut = buf.len() - 3;
-        let (entries, clean) = decode_records(&buf[..cut]);
-        assert_eq!((entries.len(), clean), (1, false));
-        let mut flipped = buf.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 0xff;
-        assert_eq!(decode_records(&flipped).0.len(), 1);
-    }
-
-    proptest! {
-        #[test]
-        fn records_round_trip(es in prop::collection::vec((any::<u32>(), prop::collection::vec(any::<u8>(), 0..40), prop::collection::vec(any::<u8>(), 0..80)), 0..20)) {
-            let entries: Vec<LogEntry> = es.into_iter().map(|(partition, key, object)| LogEntry { partition, key, object }).collect();
-            let mut buf = Vec::new();
-            for e in &entries { encode_record(e, &mut buf); }
-            prop_assert_eq!(decode_records(&buf), (entries, true));
+    fn entries_of_reads_only_the_segments_holding_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = &"0123456789".repeat(6);
+        {
+            let (log, _sealed, h) =
+                CommitLog::open(dir.path(), LogDurability::Sync, 64, Duration::ZERO).unwrap();
+            log.append(vec![entry(9, "from-before", value)], None);
+            assert!(log.barrier());
+            log.shutdown();
+            h.join().unwrap();
         }
-
-        #[test]
-        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_records(&bytes);
+        let (log, _sealed, _h) =
+            CommitLog::open(dir.path(), LogDurability::Sync, 64, Duration::ZERO).unwrap();
+        // Segments of 64 bytes: each append below fills one.
+        for i in 0..3 {
+            log.append(vec![entry(1, &format!("a{i}"), value)], None);
+            assert!(log.barrier());
         }
+        log.append(vec![entry(2, "b", value)], None);
+        assert!(log.barrier());
+        let ones = log.entries_of(1).unwrap();
+        assert_eq!(
+            ones.iter().map(|e| e.key.as_slice()).collect::<Vec<_>>(),
+            [b"a0", b"a1", b"a2"]
+        );
+        // Replace a segment that holds only partition 1 by something unreadable: partition 2
+        // and a partition new to the log never touch it, partition 1 does.
+        let ids = segment_ids(dir.path()).unwrap();
+        // Two from before (one rolled, one empty), one per append, and the current one.
+        assert_eq!(ids.len(), 7, "{ids:?}");
+        let a1 = ids[3];
+        fs::remove_file(segment_path(dir.path(), a1)).unwrap();
+        fs::create_dir(segment_path(dir.path(), a1)).unwrap();
+        assert_eq!(log.entries_of(2).unwrap(), vec![entry(2, "b", value)]);
+        assert_eq!(log.entries_of(5).unwrap(), vec![]);
+        assert!(log.entries_of(1).is_err(), "partition 1's segment was read");
+        // A segment from before the writer started may hold any partition.
+        assert_eq!(
+            log.entries_of(9).unwrap(),
+            vec![entry(9, "from-before", value)]
+        );
     }
 }

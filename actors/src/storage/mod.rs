@@ -6,6 +6,8 @@ pub mod dot_sequence;
 pub mod durable_u64;
 pub mod hint_store;
 pub mod incarnation;
+pub mod log_index;
+pub mod log_record;
 pub mod memtable;
 pub mod object_cache;
 pub mod stored;

@@ -16,9 +16,10 @@ use crate::core::merkle::{DEFAULT_SEGMENTS, MerkleTree};
 use crate::core::version::{CausalContext, ConflictPolicy, Object};
 use crate::partition_table::{PartitionTable, ReadView};
 use crate::protocol::{KvError, VnodeHealth};
-use crate::storage::commit_log::{CommitLog, LogDurability, LogEntry, read_entries};
+use crate::storage::commit_log::{CommitLog, LogDurability};
 use crate::storage::disk_guard::DiskGuard;
 use crate::storage::dot_sequence::DotSequence;
+use crate::storage::log_record::LogEntry;
 use crate::storage::memtable::Memtable;
 use crate::storage::object_cache::ObjectCache;
 use crate::storage::stored::Stored;
@@ -139,12 +140,11 @@ impl Actor for Vnode {
             let replay = match args.replay.take() {
                 Some(r) => r,
                 None => {
-                    // Writes this partition sent the log before a crash may still be queued
-                    // there; the barrier makes them visible to the read below.
-                    if !args.log.barrier() {
-                        return Err("commit log stopped; cannot replay".into());
-                    }
-                    read_entries(args.log.dir(), Some(args.partition))?
+                    // Includes writes this partition sent the log before a crash that are
+                    // still queued there.
+                    args.log
+                        .entries_of(args.partition)
+                        .map_err(|e| format!("cannot replay the commit log: {e}"))?
                         .into_iter()
                         .map(|e| (e.key, e.object))
                         .collect()
