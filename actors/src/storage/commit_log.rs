@@ -470,15 +470,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::log_record::read_entries;
-
-    fn entry(p: u32, k: &str, v: &str) -> LogEntry {
-        LogEntry {
-            partition: p,
-            key: k.as_bytes().to_vec(),
-            object: v.as_bytes().to_vec(),
-        }
-    }
+    use crate::storage::log_record::{entry, read_entries};
 
     #[test]
     fn appends_survive_reopen_and_filter_by_partition() {

@@ -136,18 +136,20 @@ pub fn read_segments(
     Ok(all)
 }
 
+/// An entry of partition `p` with text key and object, for tests.
+#[cfg(test)]
+pub(crate) fn entry(p: u32, k: &str, v: &str) -> LogEntry {
+    LogEntry {
+        partition: p,
+        key: k.as_bytes().to_vec(),
+        object: v.as_bytes().to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn entry(p: u32, k: &str, v: &str) -> LogEntry {
-        LogEntry {
-            partition: p,
-            key: k.as_bytes().to_vec(),
-            object: v.as_bytes().to_vec(),
-        }
-    }
 
     #[test]
     fn torn_tail_keeps_the_valid_prefix() {
