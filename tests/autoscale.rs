@@ -73,21 +73,66 @@ async fn active_view(client: &Client) -> Option<AutoscaleView> {
     None
 }
 
+/// Requests per second the checker's two paced writers make at most, cluster-wide.
+const PACED_OPS: u64 = 200;
+/// Reads per second the bench starts, cluster-wide.
+const BENCH_RATE: u64 = 900;
+
+/// Waits up to `deadline` for the claimant's stable ring to have `size(members)`; on timeout
+/// the panic shows what the autoscaler last read and decided, since that is why it did not act.
+async fn wait_for_members(
+    client: &Client,
+    what: &str,
+    deadline: Duration,
+    size: impl Fn(usize) -> bool,
+) {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if stable_members(client).await.is_some_and(|m| size(m.len())) {
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            let view = active_view(client).await;
+            let summary = view.map(|v| {
+                let ops: Vec<_> = v
+                    .signals
+                    .iter()
+                    .map(|s| format!("{} {:.0} ops/s", s.node, s.ops_per_sec))
+                    .collect();
+                let last: Vec<_> = v.decisions.iter().rev().take(4).collect();
+                format!(
+                    "{} at {:.2}x target, desired {} of {}; {ops:?}; last decisions {last:?}",
+                    v.state, v.ratio, v.desired, v.members
+                )
+            });
+            panic!("timed out waiting for {what}; autoscaler: {summary:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (config, data) = (dir.path().join("cluster.toml"), dir.path().join("data"));
-    // Only ops/s counts, with a target between the checker's own traffic and the bench's.
+    // Only ops/s counts. Both loads are bounded by rate, not by how fast this machine runs
+    // them: the checker makes at most PACED_OPS requests a second and the bench BENCH_RATE,
+    // so the per-node target sits well above the first alone at 4 nodes and well below both
+    // together at 3, while the bench's rate stays far below what a debug build sustains.
+    let target = 150;
+    assert!(PACED_OPS / 4 < target / 2 && (PACED_OPS + BENCH_RATE) / 3 > target * 2);
     std::fs::write(
         &config,
-        "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = 3\n\n\
-         [[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n\n\
-         [[members]]\nid = \"n2\"\naddr = \"127.0.0.1:7402\"\n\n\
-         [[members]]\nid = \"n3\"\naddr = \"127.0.0.1:7403\"\n\n\
-         [membership]\nhandoff_mb_per_sec = 0\n\n[repair]\naae_interval_ms = 0\n\n\
-         [autoscale]\nmin_nodes = 3\nmax_nodes = 5\ncpu_pct = 0\ndisk_pct = 0\n\
-         ops_per_sec = 1200\ninterval_secs = 1\nsmoothing = 0.6\nscale_out_after_secs = 3\n\
-         scale_in_after_secs = 6\ncooldown_secs = 2\n",
+        format!(
+            "[cluster]\ncookie = \"test-cookie\"\npartitions = 16\nreplicas = 3\n\n\
+             [[members]]\nid = \"n1\"\naddr = \"127.0.0.1:7401\"\n\n\
+             [[members]]\nid = \"n2\"\naddr = \"127.0.0.1:7402\"\n\n\
+             [[members]]\nid = \"n3\"\naddr = \"127.0.0.1:7403\"\n\n\
+             [membership]\nhandoff_mb_per_sec = 0\n\n[repair]\naae_interval_ms = 0\n\n\
+             [autoscale]\nmin_nodes = 3\nmax_nodes = 4\ncpu_pct = 0\ndisk_pct = 0\n\
+             ops_per_sec = {target}\ninterval_secs = 1\nsmoothing = 0.6\n\
+             scale_out_after_secs = 3\nscale_in_after_secs = 6\ncooldown_secs = 2\n",
+        ),
     )
     .unwrap();
     let port = free_port().to_string();
@@ -125,6 +170,8 @@ async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothin
         r: Some(Consistency::Quorum),
         w: Some(Consistency::Quorum),
         delete_share: 0.2,
+        // Each op is a read and a write: two requests per pace per writer.
+        pace: Some(Duration::from_millis(1000 * 2 * 2 / PACED_OPS)),
         ..Default::default()
     };
     let checker = {
@@ -142,7 +189,9 @@ async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothin
             "--keys",
             "2000",
             "--concurrency",
-            "64",
+            "32",
+            "--rate",
+            &BENCH_RATE.to_string(),
             "--duration",
             "600",
         ])
@@ -151,10 +200,12 @@ async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothin
         .spawn()
         .unwrap();
     let load = Load(bench);
-    wait_until("the load to add a node", Duration::from_secs(180), || {
-        let client = client.clone();
-        async move { stable_members(&client).await.is_some_and(|m| m.len() >= 4) }
-    })
+    wait_for_members(
+        &client,
+        "the load to add a node",
+        Duration::from_secs(180),
+        |n| n >= 4,
+    )
     .await;
     let grown = stable_members(&client).await.unwrap();
     let added: Vec<String> = grown
@@ -194,13 +245,11 @@ async fn a_load_step_grows_the_cluster_and_its_end_shrinks_it_back_losing_nothin
     eprintln!("grew to {grown:?}: {}", out.result);
 
     drop(load);
-    wait_until(
+    wait_for_members(
+        &client,
         "the cluster to shrink back to 3",
         Duration::from_secs(240),
-        || {
-            let client = client.clone();
-            async move { stable_members(&client).await.is_some_and(|m| m.len() == 3) }
-        },
+        |n| n == 3,
     )
     .await;
     wait_until(

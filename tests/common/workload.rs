@@ -65,6 +65,9 @@ pub struct WorkloadOptions {
     pub delete_share: f64,
     /// Seed of the writers' key and op choices.
     pub seed: u64,
+    /// Least time between the starts of a writer's ops (`None`: back to back), so a test can
+    /// bound the load the workload itself puts on the cluster, whatever the machine's speed.
+    pub pace: Option<Duration>,
 }
 
 impl Default for WorkloadOptions {
@@ -84,6 +87,7 @@ impl Default for WorkloadOptions {
             route: Route::Client,
             delete_share: 0.0,
             seed: 1,
+            pace: None,
         }
     }
 }
@@ -177,7 +181,12 @@ async fn writer(
     let keys = opts.key_names();
     let mut attempts = Vec::new();
     let mut counts = Counts::default();
+    let mut next = Instant::now();
     for seq in 0.. {
+        if let Some(pace) = opts.pace {
+            tokio::time::sleep_until(next.into()).await;
+            next = Instant::now().max(next + pace);
+        }
         if opts.ops_per_writer.is_some_and(|n| seq >= n)
             || deadline.is_some_and(|d| Instant::now() >= d)
             || opts.stop.load(Ordering::Relaxed)
