@@ -17,18 +17,19 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringkv_actors::core::ring::Ring;
 use ringkv_actors::protocol::{
-    GetReply, GetRequest, PingReply, PingRequest, PutReply, PutRequest, RouterMessage, Wire,
-    admin_group, router_group,
+    BatchReply, BatchRequest, GetReply, GetRequest, PingReply, PingRequest, PutReply, PutRequest,
+    RouterMessage, Wire, admin_group, router_group,
 };
 use serde_bytes::ByteBuf;
 
 pub use ringkv_actors::protocol::KvError;
 
 mod admin;
+mod batcher;
 mod dials;
 mod membership;
 mod options;
@@ -55,6 +56,13 @@ struct Inner {
     node: &'static ClientNode,
     /// The ring epoch `routing` was learned at (0: from the configuration).
     epoch: std::sync::atomic::AtomicU64,
+    /// Requests queued per node, sent as batches.
+    batchers: batcher::Batchers,
+}
+
+/// A batch answer of the wrong kind: the node broke the protocol.
+fn mismatched() -> KvError {
+    KvError::BadRequest("the node answered a batched request with another kind of reply".into())
 }
 
 /// How long `connect` waits for a member's ring before serving on the configuration's.
@@ -214,6 +222,7 @@ impl Client {
                 epoch: Default::default(),
                 suspects: Default::default(),
                 node,
+                batchers: Default::default(),
             }),
         };
         client.set_routing(members, ring);
@@ -431,18 +440,15 @@ impl Client {
     /// (it is then suspected for a while and tried last), and for a read also when the node
     /// answers `Unavailable`. A write retried this way may be applied twice; both versions
     /// carry the same bytes and read back as one value.
-    async fn send<R, F>(
+    async fn send<R>(
         &self,
         key: &[u8],
         write: bool,
         via: Option<&str>,
         timeout: Duration,
-        msg: F,
-    ) -> Result<R, KvError>
-    where
-        R: Send + 'static,
-        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>, u64) -> RouterMessage,
-    {
+        request: &(dyn Fn(u64) -> BatchRequest + Sync),
+        answer: fn(BatchReply) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
         let deadline = Instant::now() + timeout;
         let n = self.inner.next.load(Ordering::Relaxed);
         let mut last = KvError::NotConnected("no member is reachable".into());
@@ -478,7 +484,7 @@ impl Client {
             // The node must not apply the request once this attempt is given up.
             let not_after = unix_ms() + attempt.as_millis() as u64;
             match self
-                .call(router, attempt, &|port| msg(port, not_after))
+                .batched(node, router, write, attempt, request(not_after), answer)
                 .await
             {
                 Err(KvError::NotConnected(m)) if !retried => {
@@ -518,30 +524,34 @@ impl Client {
             .unwrap_or(self.inner.config.timeout)
     }
 
-    async fn call<R, F>(
+    /// Sends `request` to `router` through `node`'s batching queue and waits up to `attempt`
+    /// for its answer.
+    async fn batched<R>(
         &self,
-        to: ActorRef<RouterMessage>,
-        timeout: Duration,
-        msg: &F,
-    ) -> Result<R, KvError>
-    where
-        R: Send + 'static,
-        F: Fn(RpcReplyPort<Wire<Result<R, KvError>>>) -> RouterMessage,
-    {
-        let started = Instant::now();
-        match to.call(msg, Some(timeout)).await {
-            Ok(CallResult::Success(Wire(Ok(result)))) => result,
-            Ok(CallResult::Success(Wire(Err(e)))) => Err(KvError::BadRequest(format!(
-                "undecodable reply from the node: {e}"
-            ))),
-            Ok(CallResult::Timeout) => Err(KvError::Timeout),
-            // ractor_cluster races two timers: a dropped reply near the deadline is a timeout.
-            Ok(CallResult::SenderError) if started.elapsed() >= timeout.mul_f32(0.9) => {
-                Err(KvError::Timeout)
-            }
-            Ok(CallResult::SenderError) | Err(_) => Err(KvError::NotConnected(
-                "the connection to the node was lost; outcome unknown".into(),
+        node: &str,
+        router: ActorRef<RouterMessage>,
+        write: bool,
+        attempt: Duration,
+        request: BatchRequest,
+        answer: fn(BatchReply) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = batcher::Job {
+            request,
+            router,
+            deadline: Instant::now() + attempt,
+            reply,
+        };
+        self.inner
+            .batchers
+            .submit(&self.inner.node.runtime, node, write, job);
+        match tokio::time::timeout(attempt, rx).await {
+            Ok(Ok(Ok(reply))) => answer(reply),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(KvError::NotConnected(
+                "the request's batch was dropped; outcome unknown".into(),
             )),
+            Err(_) => Err(KvError::Timeout),
         }
     }
 
@@ -599,12 +609,15 @@ impl Client {
                 true,
                 opts.via.as_deref(),
                 timeout,
-                &|port, not_after| {
-                    let attempt = PutRequest {
+                &|not_after| {
+                    BatchRequest::Put(PutRequest {
                         not_after_ms: Some(not_after),
                         ..request.clone()
-                    };
-                    RouterMessage::Put(Wire::new(attempt), port)
+                    })
+                },
+                |reply| match reply {
+                    BatchReply::Put(r) => r,
+                    BatchReply::Get(_) => Err(mismatched()),
                 },
             )
             .await?;
@@ -645,7 +658,11 @@ impl Client {
                 false,
                 opts.via.as_deref(),
                 timeout,
-                &|port, _| RouterMessage::Get(Wire::new(request.clone()), port),
+                &|_| BatchRequest::Get(request.clone()),
+                |reply| match reply {
+                    BatchReply::Get(r) => r,
+                    BatchReply::Put(_) => Err(mismatched()),
+                },
             )
             .await?;
         Ok(GetResult {

@@ -12,7 +12,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::context::NodeContext;
 use crate::coordinator;
 use crate::metrics::Op;
-use crate::protocol::{GetReply, GetRequest, KvError, PingReply, RouterMessage, Wire};
+use crate::protocol::{
+    BatchReply, BatchRequest, GetReply, GetRequest, KvError, PingReply, PutReply, PutRequest,
+    RouterMessage, Wire,
+};
 use std::time::Instant;
 
 /// The router actor.
@@ -72,16 +75,62 @@ impl Actor for Router {
                 Ok(req) => {
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let (started, op) = (Instant::now(), Op::of(&req));
-                        let r = coordinator::put(ctx.clone(), req, true).await;
-                        ctx.metrics.request(op, r.as_ref().err(), started.elapsed());
-                        let _ = reply.send(Wire::new(r));
+                        let _ = reply.send(Wire::new(put(ctx, req).await));
+                    });
+                }
+            },
+            RouterMessage::Batch(Wire(request), reply) => match request {
+                Err(e) => {
+                    let _ = reply.send(Wire::new(Err(bad_frame("batch", e))));
+                }
+                Ok(items) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let answers = futures::future::join_all(items.into_iter().map(|item| {
+                            let ctx = ctx.clone();
+                            async move {
+                                match item {
+                                    BatchRequest::Get(req) => BatchReply::Get(get(ctx, req).await),
+                                    BatchRequest::Put(req) => BatchReply::Put(put(ctx, req).await),
+                                }
+                            }
+                        }))
+                        .await;
+                        let _ = reply.send(Wire::new(Ok(answers)));
                     });
                 }
             },
         }
         Ok(())
     }
+}
+
+/// Serves one read of a batch, counted like a lone one.
+async fn get(ctx: Arc<NodeContext>, req: GetRequest) -> Result<GetReply, KvError> {
+    let started = Instant::now();
+    let result = match local_read(&ctx, &req) {
+        Some(result) => result,
+        None => {
+            // Its own task: the coordinator answers before its read repair ends.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(coordinator::get_fenced(ctx.clone(), req, move |r| {
+                let _ = tx.send(r);
+            }));
+            rx.await
+                .unwrap_or(Err(KvError::Unavailable { needed: 1, got: 0 }))
+        }
+    };
+    ctx.metrics
+        .request(Op::Get, result.as_ref().err(), started.elapsed());
+    result
+}
+
+/// Coordinates one write, counted.
+async fn put(ctx: Arc<NodeContext>, req: PutRequest) -> Result<PutReply, KvError> {
+    let (started, op) = (Instant::now(), Op::of(&req));
+    let r = coordinator::put(ctx.clone(), req, true).await;
+    ctx.metrics.request(op, r.as_ref().err(), started.elapsed());
+    r
 }
 
 fn bad_frame(what: &str, e: impl std::fmt::Display) -> KvError {
